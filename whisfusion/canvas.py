@@ -1,0 +1,53 @@
+"""The text canvas: its length from the audio duration, and the target sequence on it.
+
+A canvas is `[<|lang|>] t1 .. tn <|eos|> <|eos|> ...` of length L. Training and decoding use the
+same length rule, so the model learns on the canvases it will later fill in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from whisfusion.config import CanvasConfig
+
+
+def canvas_length(duration_s: float, cfg: CanvasConfig) -> int:
+    """L = clip(ceil(duration * r_max) + margin, min_len, max_len), rounded up to `multiple`."""
+    raw = math.ceil(duration_s * cfg.r_max) + cfg.margin
+    length = min(max(raw, cfg.min_len), cfg.max_len)
+    return min(-(-length // cfg.multiple) * cfg.multiple, cfg.max_len)
+
+
+def build_canvas(
+    text_ids: Sequence[int], lang_id: int | None, eos_id: int, length: int
+) -> torch.Tensor:
+    """Target canvas (length,) of `[lang] text_ids eos ...`.
+
+    Raises:
+        ValueError: the text does not fit (at least one EOS must remain to mark the end).
+    """
+    head = ([lang_id] if lang_id is not None else []) + list(text_ids)
+    if len(head) >= length:
+        raise ValueError(
+            f"transcript of {len(text_ids)} tokens does not fit a canvas of {length} positions"
+        )
+    return torch.tensor(head + [eos_id] * (length - len(head)), dtype=torch.long)
+
+
+def pad_canvases(canvases: Sequence[torch.Tensor], eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack canvases of different lengths.
+
+    Returns:
+        tokens: (B, L_max), EOS beyond each canvas.
+        valid: (B, L_max) bool, True on each canvas's own positions.
+    """
+    lengths = torch.tensor([len(c) for c in canvases])
+    l_max = int(lengths.max())
+    tokens = torch.full((len(canvases), l_max), eos_id, dtype=torch.long)
+    for i, c in enumerate(canvases):
+        tokens[i, : len(c)] = c
+    valid = torch.arange(l_max)[None, :] < lengths[:, None]
+    return tokens, valid

@@ -1,0 +1,37 @@
+"""Decoding (PDD) and periodic validation configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DecodeConfig:
+    # Denoising steps T.
+    steps: int = 4
+    # Candidate transcripts K per utterance, decoded together in the batch dimension.
+    candidates: int = 8
+    # "low_confidence" (commit the most confident masked positions) or "random" (re-mask a share).
+    remasking: str = "low_confidence"
+    # Re-mask fractions per step for remasking=random (v1 schedule); last entry repeats.
+    random_schedule: list[float] = field(default_factory=lambda: [1.0, 0.9, 0.85, 0.8])
+    # Gumbel temperature of candidate rows 2..K (row 1 stays greedy); 0 = all greedy.
+    temperature: float = 1.0
+    # How one candidate is picked: "confidence", "mbr" or "rover".
+    select: str = "confidence"
+    # Seed of the sampling noise: the same inputs and seed give the same output.
+    seed: int = 0
+    # Utterances per decoding batch in transcribe / evaluate.
+    batch_size: int = 16
+
+
+@dataclass
+class ValidationConfig:
+    # Run PDD validation every this many optimizer steps (0 = only at the end).
+    every_n_steps: int = 500
+    # Reference / hypothesis pairs logged per language as a TensorBoard text table.
+    examples_per_language: int = 3
+    # Log one denoising trajectory (the canvas after each step).
+    log_trajectory: bool = True
+    # Metric the checkpoint callback monitors ("" = keep the last checkpoint only).
+    monitor: str = "val/wer_avg"

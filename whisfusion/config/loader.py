@@ -1,0 +1,108 @@
+"""Loading, validating and saving run configurations with OmegaConf."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import re
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the typed schema."""
+
+
+def _schema():
+    from whisfusion.config import RunConfig  # late import: RunConfig is defined in __init__
+
+    return RunConfig
+
+
+def _node_fields(full_key: str) -> tuple[dict[str, Any], str]:
+    """The dataclass fields of the section holding `full_key`, and the key's last part."""
+    parts = full_key.split(".")
+    cls: Any = _schema()
+    for part in parts[:-1]:
+        hints = typing.get_type_hints(cls)
+        if part not in hints or not dataclasses.is_dataclass(hints[part]):
+            return {}, parts[-1]
+        cls = hints[part]
+    return typing.get_type_hints(cls), parts[-1]
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is not None:  # list[float], Optional[int], ...
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _explain(err: OmegaConfBaseException, origin: str) -> ConfigError:
+    full_key = str(getattr(err, "full_key", "") or getattr(err, "key", "") or "")
+    if isinstance(err, ConfigKeyError) or "not in" in str(err):
+        fields, last = _node_fields(full_key)
+        close = difflib.get_close_matches(last, list(fields), n=3, cutoff=0.5)
+        prefix = full_key.rsplit(".", 1)[0] + "." if "." in full_key else ""
+        hint = (
+            "; did you mean " + " or ".join(f"'{prefix}{c}'" for c in close) + "?"
+            if close
+            else "; valid keys here: " + ", ".join(sorted(fields))
+        )
+        return ConfigError(f"{origin}: unknown config key '{full_key}'{hint}")
+    if isinstance(err, ValidationError):
+        fields, last = _node_fields(re.sub(r"\[\d+\]$", "", full_key))
+        expected = _type_name(fields[last]) if last in fields else "a different type"
+        value = getattr(err, "value", None) if getattr(err, "value", None) is not None else "?"
+        return ConfigError(
+            f"{origin}: key '{full_key}' got {value!r}, which is not a valid {expected}"
+        )
+    return ConfigError(f"{origin}: {err}")
+
+
+def _merge(base: DictConfig, other: Any, origin: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as err:
+        raise _explain(err, origin) from None
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()):
+    """Build a `RunConfig` from the defaults, an optional YAML file and `key=value` overrides.
+
+    Raises:
+        ConfigError: missing file, unknown key (with the closest valid keys), wrong value type.
+    """
+    cfg = OmegaConf.structured(_schema())
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as err:  # yaml errors come in several types
+            raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        cfg = _merge(cfg, loaded, str(path))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key=value")
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override '{item}'")
+    return OmegaConf.to_object(cfg)
+
+
+def config_from_dict(data: dict, origin: str = "checkpoint"):
+    """Rebuild a `RunConfig` from a plain dict (as saved in checkpoints)."""
+    return OmegaConf.to_object(_merge(OmegaConf.structured(_schema()), data, origin))
+
+
+def config_to_dict(cfg) -> dict:
+    """Plain nested dict of a `RunConfig` (safe for `torch.load(weights_only=True)`)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def config_to_yaml(cfg) -> str:
+    """The resolved config as YAML, as saved beside every run."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,106 @@
+"""Model configuration: the frozen encoder, the diffusion decoder, the mask schedule, the canvas.
+
+Every default lives here, once, with a comment saying what it is for. YAML files under `configs/`
+only state what differs from these defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class EncoderConfig:
+    # Weights: a Hugging Face dir, an openai-whisper .pt file, a CTranslate2 dir, or "random".
+    source: str = "random"
+    # Expected sha256 of the weights file; checked at load when set ("" = record, don't check).
+    sha256: str = ""
+    # "full" pads every clip to 30 s as Whisper was trained; "trim" cuts the window to the batch.
+    window: str = "full"
+    # With window=trim, the window is the longest clip rounded up to this many seconds.
+    trim_multiple_s: float = 2.0
+    # Shape of a randomly initialised encoder (used only when source == "random").
+    n_mels: int = 80
+    # Width of the random encoder's residual stream.
+    width: int = 64
+    # Number of transformer blocks of the random encoder.
+    layers: int = 2
+    # Attention heads of the random encoder.
+    heads: int = 2
+    # Seed of the random encoder, so every rank and every run builds the same one.
+    seed: int = 0
+
+
+@dataclass
+class DecoderConfig:
+    # Transformer blocks (self-attention, cross-attention, SwiGLU MLP).
+    layers: int = 2
+    # Residual stream width d.
+    width: int = 128
+    # Attention heads; width must be divisible by heads.
+    heads: int = 4
+    # SwiGLU hidden size as a multiple of width (rounded to a multiple of 64).
+    mlp_ratio: float = 2.6667
+    # Dropout on attention and MLP outputs during training.
+    dropout: float = 0.0
+    # RoPE base frequency.
+    rope_theta: float = 10000.0
+    # Recompute block activations in backward to save memory (slower).
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class ScheduleConfig:
+    # Phase A draws t = (1 - eps) u + eps, u ~ U(0, 1), so t never reaches 0 and 1/t stays finite.
+    eps: float = 1.0e-3
+    # Phase B (high-mask specialization) draws t ~ U(high_low, high_high).
+    high_low: float = 0.7
+    # Upper bound of phase B's t.
+    high_high: float = 1.0
+    # Optimizer step at which training switches from phase A to phase B (-1: never switch).
+    switch_step: int = -1
+    # Share of each batch drawn from phase B (used when switch_step == -1; 0 = pure phase A).
+    high_mask_share: float = 0.0
+    # Stratified (antithetic) draws of u across the batch: lower-variance loss estimates.
+    antithetic: bool = True
+    # Share of training canvases whose language token is replaced by [MASK] in the input and
+    # still predicted, so the decoder learns to identify the language.
+    lang_mask_share: float = 0.2
+
+
+@dataclass
+class CanvasConfig:
+    # Tokens per second of audio at a high percentile of the training data (set by data prep).
+    r_max: float = 12.0
+    # Extra canvas positions beyond ceil(duration * r_max).
+    margin: int = 8
+    # Canvas lengths are rounded up to a multiple of this.
+    multiple: int = 8
+    # Shortest canvas.
+    min_len: int = 16
+    # Longest canvas (Whisper's own decoder limit is 448).
+    max_len: int = 448
+
+
+@dataclass
+class TokenizerConfig:
+    # Path of the SentencePiece model; the trained file also travels inside every checkpoint.
+    path: str = ""
+    # SentencePiece vocabulary size, special tokens included.
+    vocab_size: int = 2000
+    # Languages that get a `<|xx|>` token.
+    languages: list[str] = field(
+        default_factory=lambda: ["en", "de", "fr", "es", "it", "pt", "nl", "ru", "zh", "ja", "ko"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    canvas: CanvasConfig = field(default_factory=CanvasConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    # Optional name of the size preset this config was built from (informational).
+    size: Optional[str] = None
