@@ -16,6 +16,11 @@ from whisfusion.config import CanvasConfig
 
 def canvas_length(duration_s: float, cfg: CanvasConfig) -> int:
     """L = clip(ceil(duration * r_max) + margin, min_len, max_len), rounded up to `multiple`."""
+    if cfg.r_max <= 0:
+        raise ValueError(
+            "model.canvas.r_max is not set: give it in the config or train on a data directory "
+            "whose stats.json records it"
+        )
     raw = math.ceil(duration_s * cfg.r_max) + cfg.margin
     length = min(max(raw, cfg.min_len), cfg.max_len)
     return min(-(-length // cfg.multiple) * cfg.multiple, cfg.max_len)

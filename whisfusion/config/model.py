@@ -64,15 +64,13 @@ class ScheduleConfig:
     high_mask_share: float = 0.0
     # Stratified (antithetic) draws of u across the batch: lower-variance loss estimates.
     antithetic: bool = True
-    # Share of training canvases whose language token is replaced by [MASK] in the input and
-    # still predicted, so the decoder learns to identify the language.
-    lang_mask_share: float = 0.2
 
 
 @dataclass
 class CanvasConfig:
-    # Tokens per second of audio at a high percentile of the training data (set by data prep).
-    r_max: float = 12.0
+    # Tokens per second of audio at a high percentile of the training data; 0 = read it from
+    # the data directory's stats.json (written by data_prep).
+    r_max: float = 0.0
     # Extra canvas positions beyond ceil(duration * r_max).
     margin: int = 8
     # Canvas lengths are rounded up to a multiple of this.

@@ -1,0 +1,58 @@
+# whisfusion: `make train` trains the demo model end to end on the CPU; `make test` runs the tests.
+SHELL := /bin/bash
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.whisfusion-installed
+# Run configuration and data directory for `make train` (DATA=data/demo builds the demo corpus).
+CONFIG ?= configs/demo.yaml
+DATA ?= data/demo
+DEMO_DATA := data/demo
+# Extra `key=value` config overrides, e.g. ARGS="trainer.max_steps=100".
+ARGS ?=
+# Corpus for `make data`: an adapter name and its root directory.
+CORPUS ?= demo
+CORPUS_DIR ?=
+LOGDIR ?= runs
+
+.PHONY: setup espeak test quicktest train data lint tensorboard bench clean-venv
+
+setup: $(STAMP)
+
+# Re-installs only when a requirements or packaging file changed.
+$(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+espeak:
+	@command -v espeak-ng >/dev/null || { \
+	  echo "installing espeak-ng (demo corpus and test audio)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
+
+test: setup espeak
+	$(PY) -m pytest
+
+quicktest: setup
+	$(PY) -m pytest -m "not slow"
+
+train: setup espeak
+ifeq ($(DATA),$(DEMO_DATA))
+	$(PY) -m data_prep.prepare demo --out $(DATA)
+endif
+	$(VENV)/bin/whisfusion train --config $(CONFIG) data.root=$(DATA) $(ARGS)
+
+data: setup espeak
+	$(PY) -m data_prep.prepare $(CORPUS) --out $(DATA) $(if $(CORPUS_DIR),--corpus-dir $(CORPUS_DIR))
+
+lint: setup
+	$(VENV)/bin/ruff check whisfusion data_prep tests
+	$(VENV)/bin/ruff format --check whisfusion data_prep tests
+
+tensorboard: setup
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --bind_all
+
+clean-venv:
+	rm -rf $(VENV)

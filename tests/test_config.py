@@ -1,0 +1,77 @@
+import dataclasses
+import typing
+from pathlib import Path
+
+import pytest
+
+from whisfusion.config import ConfigError, RunConfig, config_from_dict, config_to_dict, load_config
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo", "large"])
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.model.size == name
+    assert cfg.model.decoder.width % cfg.model.decoder.heads == 0
+
+
+def test_sizes_are_ordered():
+    widths = [load_config(CONFIGS / f"{n}.yaml").model.decoder.width for n in ("tiny", "demo", "large")]
+    assert widths == sorted(widths) and widths[-1] == 1024
+    large = load_config(CONFIGS / "large.yaml").model.decoder
+    assert large.layers == 16
+
+
+def test_overrides_apply_after_file():
+    cfg = load_config(CONFIGS / "tiny.yaml", ["trainer.max_steps=7", "model.decoder.layers=4"])
+    assert cfg.trainer.max_steps == 7 and cfg.model.decoder.layers == 4
+
+
+def test_unknown_key_names_closest_match():
+    with pytest.raises(ConfigError, match=r"model\.decoder\.layrs.*did you mean 'model\.decoder\.layers'"):
+        load_config(None, ["model.decoder.layrs=3"])
+
+
+def test_unknown_key_in_file_names_file(tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("trainer:\n  max_step: 3\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml.*trainer\.max_step.*trainer\.max_steps"):
+        load_config(f)
+
+
+def test_wrong_type_names_key_value_and_type():
+    with pytest.raises(ConfigError, match=r"trainer\.max_steps.*'abc'.*int"):
+        load_config(None, ["trainer.max_steps=abc"])
+
+
+def test_malformed_override_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(None, ["trainer.max_steps"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_dict_round_trip():
+    cfg = load_config(CONFIGS / "demo.yaml", ["decode.steps=6"])
+    assert config_from_dict(config_to_dict(cfg)) == cfg
+
+
+def _fields(cls):
+    for f in dataclasses.fields(cls):
+        yield cls, f
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            yield from _fields(tp)
+
+
+def test_every_field_has_a_comment():
+    """One default in one place, with a one-line comment saying what it is for."""
+    import inspect
+
+    for cls, f in _fields(RunConfig):
+        if dataclasses.is_dataclass(typing.get_type_hints(cls)[f.name]):
+            continue
+        src = inspect.getsource(cls).splitlines()
+        idx = next(i for i, line in enumerate(src) if line.strip().startswith(f"{f.name}:"))
+        assert src[idx - 1].strip().startswith("#"), f"{cls.__name__}.{f.name} has no comment"

@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from whisfusion.config import DecoderConfig
+from whisfusion.decoder import DiffusionDecoder, apply_rope, rope_tables
+
+V, E = 50, 32
+
+
+@pytest.fixture
+def dec():
+    torch.manual_seed(0)
+    return DiffusionDecoder(DecoderConfig(layers=2, width=64, heads=4), V, E).eval()
+
+
+def _inputs(n=2, s=20, length=12):
+    feats = torch.randn(n, s, E)
+    valid = torch.ones(n, s, dtype=torch.bool)
+    valid[1, 15:] = False
+    tokens = torch.randint(0, V + 1, (n, length))
+    return feats, valid, tokens
+
+
+def test_shapes_and_mask_never_predicted(dec):
+    feats, valid, tokens = _inputs()
+    logits = dec(tokens, dec.cross_cache(feats, valid))
+    assert logits.shape == (2, 12, V)  # vocab_size classes: [MASK] (id V) has no output
+    assert dec.embed.num_embeddings == V + 1 and dec.mask_id == V
+
+
+def test_k_rows_share_the_cache_exactly(dec):
+    feats, valid, tokens = _inputs()
+    cache = dec.cross_cache(feats, valid)
+    single = dec(tokens, cache)
+    k = 3
+    grouped = dec(tokens.repeat_interleave(k, 0), cache).view(2, k, 12, V)
+    for j in range(k):
+        torch.testing.assert_close(grouped[:, j], single, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="do not group"):
+        dec(tokens[:1].repeat(3, 1), cache)
+
+
+def test_padding_frames_and_positions_are_ignored(dec):
+    feats, valid, tokens = _inputs()
+    ref = dec(tokens, dec.cross_cache(feats, valid))
+    noisy = feats.clone()
+    noisy[1, 15:] = 1e3  # invalid encoder frames: must not matter
+    torch.testing.assert_close(dec(tokens, dec.cross_cache(noisy, valid)), ref)
+    # A canvas padded with extra positions gives the same logits on its own positions.
+    padded = torch.cat([tokens, torch.full((2, 4), 1)], dim=1)
+    canvas_valid = torch.ones_like(padded, dtype=torch.bool)
+    canvas_valid[:, 12:] = False
+    out = dec(padded, dec.cross_cache(feats, valid), canvas_valid)
+    torch.testing.assert_close(out[:, :12], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_bidirectional_and_audio_conditioned(dec):
+    feats, valid, tokens = _inputs()
+    cache = dec.cross_cache(feats, valid)
+    ref = dec(tokens, cache)
+    changed = tokens.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % V
+    # a change at the last position reaches the first one: attention is not causal
+    assert not torch.allclose(dec(changed, cache)[:, 0], ref[:, 0])
+    assert not torch.allclose(dec(tokens, dec.cross_cache(feats + 1, valid)), ref)
+
+
+def test_rope_is_relative():
+    cos, sin = rope_tables(16, 8, 10000.0)
+    q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
+    def score(i, j):
+        qi = apply_rope(q.expand(1, 1, 16, 8), cos, sin)[0, 0, i]
+        kj = apply_rope(k.expand(1, 1, 16, 8), cos, sin)[0, 0, j]
+        return float(qi @ kj)
+    assert score(3, 1) == pytest.approx(score(10, 8), abs=1e-5)
+
+
+def test_invalid_head_split():
+    with pytest.raises(ValueError, match="heads"):
+        DiffusionDecoder(DecoderConfig(width=60, heads=8), V, E)
+
+
+def test_activation_checkpointing_same_gradients():
+    torch.manual_seed(0)
+    a = DiffusionDecoder(DecoderConfig(layers=2, width=64, heads=4), V, E)
+    b = DiffusionDecoder(DecoderConfig(layers=2, width=64, heads=4, activation_checkpointing=True), V, E)
+    b.load_state_dict(a.state_dict())
+    feats, valid, tokens = _inputs()
+    for m in (a, b):
+        m(tokens, m.cross_cache(feats, valid)).square().mean().backward()
+    for (_, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad)

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from whisfusion.config import DecoderConfig, OptimConfig
+from whisfusion.decoder import DiffusionDecoder
+from whisfusion.optim import build_optimizer, lr_factor, param_groups
+
+
+def test_no_weight_decay_on_norms_biases_embeddings():
+    dec = DiffusionDecoder(DecoderConfig(layers=1, width=32, heads=2), 20, 16)
+    extra = torch.nn.Linear(4, 4)  # has a bias
+    model = torch.nn.ModuleDict({"dec": dec, "extra": extra})
+    decay, no_decay = param_groups(model, 0.1)
+    ids_no = {id(p) for p in no_decay["params"]}
+    assert id(dec.embed.weight) in ids_no and id(extra.bias) in ids_no
+    assert all(id(m.weight) in ids_no for m in dec.modules() if isinstance(m, torch.nn.RMSNorm))
+    assert id(dec.head.weight) not in ids_no and decay["weight_decay"] == 0.1
+    n_all = sum(1 for p in model.parameters())
+    assert len(decay["params"]) + len(no_decay["params"]) == n_all
+
+
+def test_frozen_parameters_are_left_out():
+    lin = torch.nn.Linear(3, 3)
+    lin.weight.requires_grad_(False)
+    groups = param_groups(lin, 0.1)
+    assert sum(len(g["params"]) for g in groups) == 1
+
+
+def test_warmup_then_cosine():
+    f = [lr_factor(s, 10, 110, 0.1) for s in range(120)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(f[:10], f[1:10]))
+    assert all(a >= b for a, b in zip(f[10:110], f[11:111]))
+    assert f[60] == pytest.approx(0.55) and f[110] == pytest.approx(0.1) and f[119] == pytest.approx(0.1)
+
+
+def test_build_optimizer_steps_the_schedule():
+    lin = torch.nn.Linear(2, 2)
+    opt, sched = build_optimizer(lin, OptimConfig(lr=1.0, warmup_steps=4, betas=[0.9, 0.95]), 20)
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, lr_factor(4, 4, 20, 0.1)])
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95)

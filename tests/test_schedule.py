@@ -1,0 +1,98 @@
+import math
+
+import pytest
+import torch
+
+from whisfusion.config import ScheduleConfig
+from whisfusion.schedule import (
+    MaskSchedule,
+    diffusion_loss,
+    draw_u,
+    phase_a_t,
+    phase_a_weights,
+    phase_b_t,
+)
+
+B, L, MASK = 20000, 24, 99
+
+
+def _batch():
+    tokens = torch.randint(0, MASK, (B, L))
+    valid = torch.ones(B, L, dtype=torch.bool)
+    valid[: B // 2, 16:] = False  # half the canvases are shorter
+    return tokens, valid
+
+
+def test_phase_a_statistics():
+    g = torch.Generator().manual_seed(0)
+    tokens, valid = _batch()
+    c = MaskSchedule(ScheduleConfig(eps=1e-3)).corrupt(tokens, valid, MASK, 0, g)
+    assert not c.high.any()
+    assert float(c.t.min()) >= 1e-3 and float(c.t.max()) < 1.0
+    assert float(c.t.mean()) == pytest.approx(0.5, abs=0.01)
+    # masked share given t equals t: regress the per-sequence ratio on t
+    ratio = c.masked.sum(1) / valid.sum(1)
+    assert float((ratio - c.t).mean()) == pytest.approx(0.0, abs=0.005)
+    # weights 1/(t L_b) on masked positions -> sum per sequence is 1 in expectation
+    assert float(c.weights.sum(1).mean()) == pytest.approx(1.0, abs=0.03)
+    w = c.weights[c.masked]
+    expect = (1 / (c.t[:, None] * valid.sum(1, keepdim=True))).expand(B, L)[c.masked]
+    torch.testing.assert_close(w, expect)
+    assert (c.weights[~c.masked] == 0).all()
+    assert (c.x_t[c.masked] == MASK).all() and torch.equal(c.x_t[~c.masked], tokens[~c.masked])
+    assert not c.masked[~valid].any()  # padding beyond a canvas is never masked
+
+
+def test_phase_b_statistics():
+    g = torch.Generator().manual_seed(1)
+    tokens, valid = _batch()
+    c = MaskSchedule(ScheduleConfig(switch_step=100)).corrupt(tokens, valid, MASK, 100, g)
+    assert c.high.all()
+    assert float(c.t.min()) >= 0.7 and float(c.t.max()) <= 1.0
+    assert float(c.t.mean()) == pytest.approx(0.85, abs=0.005)
+    ratio = c.masked.sum() / valid.sum()
+    assert float(ratio) == pytest.approx(0.85, abs=0.005)
+    has = c.masked.any(1)
+    torch.testing.assert_close(c.weights.sum(1)[has], torch.ones(int(has.sum())))  # mean CE
+
+
+def test_switch_and_mixture():
+    s = MaskSchedule(ScheduleConfig(switch_step=10))
+    assert not s.phase_b_mask(4, 9).any() and s.phase_b_mask(4, 10).all()
+    g = torch.Generator().manual_seed(2)
+    mix = MaskSchedule(ScheduleConfig(high_mask_share=0.8)).phase_b_mask(20000, 0, g)
+    assert float(mix.float().mean()) == pytest.approx(0.8, abs=0.01)
+    with pytest.raises(ValueError, match="high_mask_share"):
+        MaskSchedule(ScheduleConfig(high_mask_share=1.5))
+
+
+def test_antithetic_draws_are_stratified():
+    g = torch.Generator().manual_seed(3)
+    u = draw_u(64, antithetic=True, generator=g)
+    counts = torch.histc(u, bins=64, min=0, max=1)
+    assert (counts == 1).all()
+    # lower variance of the batch mean than iid draws
+    means_a = torch.stack([draw_u(16, True, g).mean() for _ in range(500)])
+    means_i = torch.stack([draw_u(16, False, g).mean() for _ in range(500)])
+    assert means_a.var() < means_i.var() / 5
+
+
+def test_time_maps():
+    u = torch.tensor([0.0, 0.5, 1.0])
+    torch.testing.assert_close(phase_a_t(u, 1e-3), torch.tensor([1e-3, 0.5005, 1.0]))
+    torch.testing.assert_close(phase_b_t(u, 0.7, 1.0), torch.tensor([0.7, 0.85, 1.0]))
+
+
+def test_loss_ignores_unmasked_positions():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 6, 10, requires_grad=True)
+    targets = torch.randint(0, 10, (2, 6))
+    masked = torch.tensor([[1, 0, 1, 0, 0, 0], [0, 0, 0, 1, 1, 1]], dtype=torch.bool)
+    t = torch.tensor([0.5, 0.25])
+    w = phase_a_weights(t, masked, torch.ones(2, 6, dtype=torch.bool))
+    loss = diffusion_loss(logits, targets, w)
+    loss.backward()
+    assert (logits.grad[~masked] == 0).all() and (logits.grad[masked] != 0).any()
+    ce = torch.nn.functional.cross_entropy(logits.detach().view(-1, 10), targets.view(-1), reduction="none").view(2, 6)
+    expect = ((ce * masked).sum(1) / (t * 6)).mean()
+    assert math.isclose(loss.item(), float(expect), rel_tol=1e-5)

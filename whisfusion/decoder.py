@@ -1,0 +1,185 @@
+"""The diffusion decoder: a bidirectional Transformer over the text canvas, conditioned on audio.
+
+Each block: pre-RMSNorm self-attention with RoPE (bidirectional: every canvas position sees every
+other), pre-RMSNorm cross-attention to the frozen encoder output, pre-RMSNorm SwiGLU MLP. No
+biases, no timestep input (time-agnostic, as in LLaDA / SMDM). The embedding table has one extra
+row for [MASK] (id = vocab_size); the output head has vocab_size classes, so [MASK] can never be
+predicted.
+
+Cross-attention keys/values depend on the audio only: `cross_cache` computes them once per
+utterance, and `forward` reuses them for any number of candidate rows. K candidate rows of one
+utterance are folded into the query length of a single attention call (queries never interact in
+cross-attention, so this is exact), which shares the cached keys without copying them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from whisfusion.config import DecoderConfig
+
+
+def rope_tables(length: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin tables of shape (length, head_dim // 2) for rotary position embeddings."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate (B, H, L, D) by position; the two halves of D form the complex pairs."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.type_as(x)
+
+
+@dataclass
+class CrossCache:
+    """Per-layer cross-attention keys/values of N utterances.
+
+    keys, values: one (N, H, S, Dh) tensor per layer.
+    key_valid: (N, S) bool, True on encoder frames that cover real audio.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    key_valid: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.key_valid.shape[0]
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(width, 3 * width, bias=False)
+        self.out = nn.Linear(width, width, bias=False)
+
+    def forward(self, x, cos, sin, attn_mask):
+        """x: (B, L, D); attn_mask: (B, 1, 1, L) bool (True = attend) -> (B, L, D)."""
+        b, length, width = x.shape
+        q, k, v = self.qkv(x).view(b, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
+        return self.out(y.transpose(1, 2).reshape(b, length, width))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, width: int, enc_width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.q = nn.Linear(width, width, bias=False)
+        # keys/values projected from the encoder width (1280 for large-v3) to the decoder width
+        self.kv = nn.Linear(enc_width, 2 * width, bias=False)
+        self.out = nn.Linear(width, width, bias=False)
+
+    def project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (N, S, E) -> keys, values (N, H, S, Dh)."""
+        n, s, _ = features.shape
+        k, v = self.kv(features).view(n, s, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def forward(self, x, k, v, key_mask):
+        """x: (N*K, L, D) with K rows per utterance; k, v: (N, H, S, Dh); key_mask: (N, 1, 1, S)."""
+        rows, length, width = x.shape
+        n = k.shape[0]
+        group = rows // n
+        q = self.q(x).view(n, group * length, self.heads, -1).transpose(1, 2)  # (N, H, K*L, Dh)
+        drop = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=drop)
+        return self.out(y.transpose(1, 2).reshape(rows, length, width))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(width, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, width, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class DecoderBlock(nn.Module):
+    def __init__(self, cfg: DecoderConfig, enc_width: int):
+        super().__init__()
+        hidden = 64 * round(cfg.width * cfg.mlp_ratio / 64)
+        self.norm_self = nn.RMSNorm(cfg.width, eps=1e-6)
+        self.self_attn = SelfAttention(cfg.width, cfg.heads, cfg.dropout)
+        self.norm_cross = nn.RMSNorm(cfg.width, eps=1e-6)
+        self.cross_attn = CrossAttention(cfg.width, enc_width, cfg.heads, cfg.dropout)
+        self.norm_mlp = nn.RMSNorm(cfg.width, eps=1e-6)
+        self.mlp = SwiGLU(cfg.width, hidden)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, self_mask, k, v, key_mask):
+        x = x + self.drop(self.self_attn(self.norm_self(x), cos, sin, self_mask))
+        x = x + self.drop(self.cross_attn(self.norm_cross(x), k, v, key_mask))
+        return x + self.drop(self.mlp(self.norm_mlp(x)))
+
+
+class DiffusionDecoder(nn.Module):
+    """Masked-diffusion denoiser p(x_0 | x_t, audio)."""
+
+    def __init__(self, cfg: DecoderConfig, vocab_size: int, enc_width: int):
+        super().__init__()
+        if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
+            raise ValueError(
+                f"decoder width {cfg.width} must split into {cfg.heads} heads of even size"
+            )
+        self.cfg, self.vocab_size = cfg, vocab_size
+        self.embed = nn.Embedding(vocab_size + 1, cfg.width)  # last row: [MASK]
+        self.blocks = nn.ModuleList(DecoderBlock(cfg, enc_width) for _ in range(cfg.layers))
+        self.norm_out = nn.RMSNorm(cfg.width, eps=1e-6)
+        self.head = nn.Linear(cfg.width, vocab_size, bias=False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=0.02)
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+    def cross_cache(self, features: torch.Tensor, valid: torch.Tensor) -> CrossCache:
+        """Project encoder output once per utterance: features (N, S, E), valid (N, S) bool."""
+        pairs = [blk.cross_attn.project(features) for blk in self.blocks]
+        return CrossCache([k for k, _ in pairs], [v for _, v in pairs], valid)
+
+    def forward(
+        self, tokens: torch.Tensor, cache: CrossCache, canvas_valid: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits for every canvas position.
+
+        Args:
+            tokens: (N*K, L) canvas ids, [MASK] = vocab_size; K rows per cached utterance,
+                utterance-major (row n*K + k belongs to utterance n).
+            cache: cross-attention keys/values of N utterances (`cross_cache`).
+            canvas_valid: (N*K, L) bool, False beyond each row's own canvas (padded batches).
+        Returns:
+            (N*K, L, vocab_size) float logits.
+        """
+        rows, length = tokens.shape
+        if rows % cache.batch:
+            raise ValueError(f"{rows} canvas rows do not group onto {cache.batch} utterances")
+        cos, sin = rope_tables(length, self.cfg.width // self.cfg.heads, self.cfg.rope_theta, tokens.device)
+        self_mask = None if canvas_valid is None else canvas_valid[:, None, None, :]
+        key_mask = cache.key_valid[:, None, None, :]
+        x = self.embed(tokens)
+        for blk, k, v in zip(self.blocks, cache.keys, cache.values):
+            if self.cfg.activation_checkpointing and self.training:
+                x = checkpoint(blk, x, cos, sin, self_mask, k, v, key_mask, use_reentrant=False)
+            else:
+                x = blk(x, cos, sin, self_mask, k, v, key_mask)
+        return self.head(self.norm_out(x)).float()

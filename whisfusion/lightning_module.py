@@ -1,0 +1,77 @@
+"""`WhisfusionModule`: one training step = frozen features -> corrupt -> denoise -> loss."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import torch
+
+from whisfusion.config import RunConfig
+from whisfusion.model import CHECKPOINT_KEY, Whisfusion
+from whisfusion.optim import build_optimizer
+from whisfusion.schedule import MaskSchedule, diffusion_loss
+
+
+class WhisfusionModule(L.LightningModule):
+    """Trains the decoder of a `Whisfusion` model; the encoder stays frozen and out of the
+    optimizer and the checkpoint.
+
+    Batches (see `whisfusion.data`) hold `tokens` (B, L) target canvases and `canvas_valid`
+    (B, L), plus either `audio` (B, S) / `audio_lens` (B,) or precomputed `features` (B, T, E) /
+    `feature_valid` (B, T).
+    """
+
+    def __init__(self, model: Whisfusion):
+        super().__init__()
+        self.model = model
+        self.cfg: RunConfig = model.cfg
+        self.schedule = MaskSchedule(self.cfg.model.schedule)
+        self._step_started = time.perf_counter()
+
+    def features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, E) encoder output and (B, T) validity, computed or taken from the batch."""
+        if "features" in batch:
+            return batch["features"], batch["feature_valid"]
+        return self.model.encode(batch["audio"], batch["audio_lens"])
+
+    def _generator(self) -> torch.Generator:
+        # Masks depend only on (seed, rank, step): a resumed run draws what it would have drawn.
+        seed = self.cfg.trainer.seed * 1_000_003 + self.global_rank * 10_007 + self.global_step
+        return torch.Generator().manual_seed(seed)
+
+    def loss(self, batch: dict, step: int, generator: torch.Generator | None = None):
+        """Diffusion loss of a batch and its corruption (for logging)."""
+        feats, valid = self.features(batch)
+        cache = self.model.cross_cache(feats, valid)
+        tokens, canvas_valid = batch["tokens"], batch["canvas_valid"]
+        corr = self.schedule.corrupt(tokens, canvas_valid, self.model.decoder.mask_id, step, generator)
+        logits = self.model.decoder(corr.x_t, cache, canvas_valid)
+        return diffusion_loss(logits, tokens, corr.weights), corr
+
+    def training_step(self, batch: dict, batch_idx: int):
+        loss, corr = self.loss(batch, self.global_step, self._generator())
+        now = time.perf_counter()
+        elapsed, self._step_started = now - self._step_started, now
+        tokens = int(batch["canvas_valid"].sum())
+        masked_share = corr.masked.sum() / batch["canvas_valid"].sum().clamp(min=1)
+        bs = batch["tokens"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        self.log("train/mask_ratio", masked_share, batch_size=bs)
+        self.log("train/high_mask_share", corr.high.float().mean(), batch_size=bs)
+        self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), batch_size=bs)
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int):
+        # A fixed seed per batch so the validation loss is comparable between evaluations.
+        gen = torch.Generator().manual_seed(self.cfg.trainer.seed + batch_idx)
+        loss, _ = self.loss(batch, self.global_step, gen)
+        self.log("val/loss", loss, batch_size=batch["tokens"].shape[0], sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        opt, sched = build_optimizer(self.model.decoder, self.cfg.optim, self.cfg.trainer.max_steps)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = self.model.checkpoint_payload()

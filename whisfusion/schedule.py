@@ -1,0 +1,132 @@
+"""The forward (masking) process of masked diffusion and its loss weights.
+
+Every canvas position, EOS padding and the language token included, becomes [MASK] independently
+with probability t, drawn per sequence. Two phases:
+
+- A (from scratch, MDLM / LLaDA): t = (1 - eps) u + eps, u ~ U(0, 1); a sequence's loss is the sum
+  over its masked positions of CE / t, divided by its number of canvas positions. This is the
+  ELBO weighting: in expectation every position counts once, whatever t is.
+- B (high-mask specialization): t ~ U(high_low, high_high); a sequence's loss is the plain mean
+  CE over its masked positions. Decoding starts from an all-[MASK] canvas, so B trains where
+  inference happens.
+
+The batch loss is the mean of the per-sequence losses, so the two phases can share one batch.
+All functions are pure (randomness comes from an explicit generator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from whisfusion.config import ScheduleConfig
+
+
+def draw_u(batch: int, antithetic: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """(B,) uniforms in [0, 1). Antithetic: stratified, one draw in each of B equal strata."""
+    u = torch.rand(batch, generator=generator)
+    if antithetic:
+        # u_i = (i + U_i) / B, shuffled so the stratum does not follow the batch order
+        u = (torch.arange(batch) + u) / batch
+        u = u[torch.randperm(batch, generator=generator)]
+    return u
+
+
+def phase_a_t(u: torch.Tensor, eps: float) -> torch.Tensor:
+    """t = (1 - eps) u + eps in [eps, 1)."""
+    return (1.0 - eps) * u + eps
+
+
+def phase_b_t(u: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """t ~ U(low, high) from u ~ U(0, 1)."""
+    return low + (high - low) * u
+
+
+def mask_positions(
+    t: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """(B, L) bool: each valid position masked with probability t[b]. t: (B,), valid: (B, L)."""
+    draw = torch.rand(valid.shape, generator=generator)
+    return (draw < t[:, None]) & valid.cpu()
+
+
+def phase_a_weights(t: torch.Tensor, masked: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, L) weights 1 / (t * L_b) on masked positions, L_b = the sequence's canvas length."""
+    length = valid.sum(dim=1, keepdim=True).clamp(min=1)
+    return masked.float() / (t[:, None] * length)
+
+
+def phase_b_weights(masked: torch.Tensor) -> torch.Tensor:
+    """(B, L) weights 1 / (#masked in the sequence) on masked positions (0 if none masked)."""
+    count = masked.sum(dim=1, keepdim=True).clamp(min=1)
+    return masked.float() / count
+
+
+def diffusion_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Mean over sequences of the weighted CE. logits (B, L, V), targets (B, L), weights (B, L).
+
+    Cross-entropy is evaluated only where the weight is non-zero (the masked positions), so
+    unmasked positions cost nothing and cannot leak into the loss.
+    """
+    sel = weights > 0
+    ce = F.cross_entropy(logits[sel].float(), targets[sel], reduction="none")
+    return (ce * weights[sel]).sum() / logits.shape[0]
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """One draw of the forward process for a batch.
+
+    x_t: (B, L) input canvas with [MASK] ids; masked: (B, L) bool; weights: (B, L) loss
+    weights; t: (B,) mask rates; high: (B,) bool, True where phase B was used.
+    """
+
+    x_t: torch.Tensor
+    masked: torch.Tensor
+    weights: torch.Tensor
+    t: torch.Tensor
+    high: torch.Tensor
+
+
+class MaskSchedule:
+    """Chooses the phase per sequence (switch step or mixture) and corrupts a batch."""
+
+    def __init__(self, cfg: ScheduleConfig):
+        if not 0.0 <= cfg.high_low <= cfg.high_high <= 1.0:
+            raise ValueError(f"schedule: need 0 <= high_low <= high_high <= 1, got {cfg.high_low}, {cfg.high_high}")
+        if not 0.0 <= cfg.high_mask_share <= 1.0:
+            raise ValueError(f"schedule.high_mask_share must be in [0, 1], got {cfg.high_mask_share}")
+        self.cfg = cfg
+
+    def phase_b_mask(self, batch: int, step: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """(B,) bool: which sequences use phase B at optimizer step `step`."""
+        if self.cfg.switch_step >= 0:
+            return torch.full((batch,), step >= self.cfg.switch_step)
+        return torch.rand(batch, generator=generator) < self.cfg.high_mask_share
+
+    def corrupt(
+        self,
+        tokens: torch.Tensor,
+        valid: torch.Tensor,
+        mask_id: int,
+        step: int,
+        generator: torch.Generator | None = None,
+    ) -> Corruption:
+        """Mask a batch of target canvases. tokens, valid: (B, L) -> Corruption on tokens' device."""
+        b = tokens.shape[0]
+        high = self.phase_b_mask(b, step, generator)
+        u = draw_u(b, self.cfg.antithetic, generator)
+        t = torch.where(
+            high, phase_b_t(u, self.cfg.high_low, self.cfg.high_high), phase_a_t(u, self.cfg.eps)
+        )
+        masked = mask_positions(t, valid, generator)
+        valid_cpu = valid.cpu()
+        weights = torch.where(
+            high[:, None], phase_b_weights(masked), phase_a_weights(t, masked, valid_cpu)
+        )
+        dev = tokens.device
+        masked, weights = masked.to(dev), weights.to(dev)
+        x_t = torch.where(masked, torch.full_like(tokens, mask_id), tokens)
+        return Corruption(x_t, masked, weights, t.to(dev), high.to(dev))

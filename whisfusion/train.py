@@ -1,0 +1,94 @@
+"""Build the trainer, the model and the data for a run, and train (resuming when possible)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from whisfusion.config import RunConfig, config_to_yaml
+from whisfusion.lightning_module import WhisfusionModule
+from whisfusion.model import Whisfusion
+from whisfusion.tokenizer import Tokenizer
+
+log = logging.getLogger("whisfusion.train")
+
+
+def resolve_data_paths(cfg: RunConfig) -> None:
+    """Fill what the data directory knows (tokenizer, r_max) into the config, in place."""
+    root = Path(cfg.data.root) if cfg.data.root else None
+    if not cfg.model.tokenizer.path:
+        if root is None:
+            raise ValueError("no tokenizer: set model.tokenizer.path or data.root")
+        cfg.model.tokenizer.path = str(root / "tokenizer.model")
+    if cfg.model.canvas.r_max <= 0:
+        stats = root / "stats.json" if root else None
+        if stats is None or not stats.is_file():
+            raise ValueError(f"model.canvas.r_max is 0 and there is no stats.json in data.root ({root})")
+        cfg.model.canvas.r_max = float(json.loads(stats.read_text())["r_max"])
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The run directory's `last.ckpt`, if a previous (possibly killed) run left one."""
+    path = run_dir / "checkpoints" / "last.ckpt"
+    return path if path.is_file() else None
+
+
+def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
+    t = cfg.trainer
+    return L.Trainer(
+        default_root_dir=str(run_dir),
+        max_steps=t.max_steps,
+        accelerator=t.accelerator,
+        devices=t.devices if t.devices == "auto" else int(t.devices),
+        num_nodes=t.num_nodes,
+        precision=t.precision,
+        strategy=t.strategy,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        log_every_n_steps=t.log_every_n_steps,
+        # Streams have no epochs: validate every N optimizer steps instead.
+        val_check_interval=cfg.validation.every_n_steps or None,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        # The data module splits shards and samples by rank itself.
+        use_distributed_sampler=False,
+        enable_progress_bar=t.progress_bar,
+        logger=TensorBoardLogger(str(run_dir), name="tensorboard", version=""),
+        callbacks=callbacks,
+    )
+
+
+def run_training(cfg: RunConfig) -> Path:
+    """Train `cfg`; returns the run directory (config, checkpoints, TensorBoard logs)."""
+    from whisfusion.data.datamodule import WhisfusionDataModule
+
+    L.seed_everything(cfg.trainer.seed, workers=True)
+    resolve_data_paths(cfg)
+    run_dir = Path(cfg.trainer.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+
+    tokenizer = Tokenizer.from_file(cfg.model.tokenizer.path)
+    module = WhisfusionModule(Whisfusion.from_config(cfg, tokenizer))
+    data = WhisfusionDataModule(cfg.data, cfg.model.canvas, tokenizer)
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            save_last=True,
+            every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
+            save_top_k=0,
+        ),
+        LearningRateMonitor(logging_interval="step"),
+    ]
+    if cfg.trainer.progress_bar:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
+    trainer = build_trainer(cfg, run_dir, callbacks)
+    resume = last_checkpoint(run_dir)
+    if resume is not None:
+        log.info("resuming from %s", resume)
+    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    return run_dir
