@@ -1,0 +1,208 @@
+import pytest
+import torch
+
+from whisfusion.config import DecodeConfig
+from whisfusion.pdd import canvas_for, options_from_config, pdd_decode
+from whisfusion.pdd.sampler import gumbel_argmax, linear_budgets
+
+V = 24  # head size; [MASK] = V
+MASK, EOS = V, 1
+LENGTHS = [8, 5, 12]
+LANGS = [2, None, 3]  # utterance 1 predicts its language
+
+
+def targets() -> torch.Tensor:
+    """(N, L_max) transcripts the fake denoisers believe in: [lang] text EOS.., EOS padding."""
+    gen = torch.Generator().manual_seed(7)
+    out = torch.full((len(LENGTHS), max(LENGTHS)), EOS)
+    for n, length in enumerate(LENGTHS):
+        words = length - 3
+        out[n, 0] = LANGS[n] if LANGS[n] is not None else 4
+        out[n, 1 : 1 + words] = torch.randint(5, V, (words,), generator=gen)
+    return out
+
+
+class Peaked:
+    """Logits peaked on fixed target canvases, whatever the input; records every call."""
+
+    def __init__(self, target: torch.Tensor, k: int, margin: float = 60.0):
+        self.logits = torch.nn.functional.one_hot(target, V).float() * margin
+        self.k = k
+        self.inputs: list[torch.Tensor] = []
+
+    def __call__(self, tokens, cache):
+        assert cache == "cache"  # passed through untouched
+        self.inputs.append(tokens.clone())
+        return self.logits.repeat_interleave(self.k, dim=0)
+
+
+class Noisy:
+    """Random but fixed logits per row position: a flat, undecided model."""
+
+    def __init__(self, n: int, length: int, k: int, seed: int = 0):
+        gen = torch.Generator().manual_seed(seed)
+        self.logits = torch.randn(n, length, V, generator=gen).repeat_interleave(k, dim=0)
+
+    def __call__(self, tokens, cache):
+        return self.logits
+
+
+def decode(denoise, k=3, steps=4, remasking="low_confidence", temperature=1.0, seed=0, **kw):
+    canvas, valid = canvas_for(LENGTHS, MASK, EOS, LANGS)
+    opts = dict(
+        mask_id=MASK,
+        eos_id=EOS,
+        candidates=k,
+        steps=steps,
+        remasking=remasking,
+        random_schedule=[1.0, 0.9, 0.85, 0.8],
+        temperature=temperature,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    opts.update(kw)
+    return pdd_decode(denoise, "cache", canvas, valid, **opts), canvas, valid
+
+
+def test_canvas_for_padded_batch():
+    canvas, valid = canvas_for(LENGTHS, MASK, EOS, LANGS)
+    assert canvas.shape == valid.shape == (3, 12)
+    assert valid.sum(1).tolist() == LENGTHS
+    assert canvas[0, 0] == 2 and canvas[1, 0] == MASK and canvas[2, 0] == 3
+    assert bool((canvas[~valid] == EOS).all()) and bool((canvas[valid][1:] != EOS).all())
+    with pytest.raises(ValueError, match="utterance 1"):
+        canvas_for([4, 0], MASK, EOS)
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_certain_model_gives_its_transcript_in_every_row(remasking):
+    target = targets()
+    res, _, valid = decode(Peaked(target, 3), remasking=remasking)
+    assert res.tokens.shape == res.confidence.shape == (3, 3, 12)
+    for k in range(3):
+        assert torch.equal(res.tokens[:, k], target)
+    assert torch.allclose(res.confidence[valid[:, None].expand_as(res.confidence)], torch.ones(1))
+
+
+def test_denoise_sees_eos_beyond_each_canvas_and_given_languages():
+    den = Peaked(targets(), 2)
+    _, canvas, valid = decode(den, k=2, remasking="random")
+    for x in den.inputs:
+        assert bool((x[~valid.repeat_interleave(2, 0)] == EOS).all())
+        assert torch.equal(x[::2, 0][[0, 2]], canvas[[0, 2], 0])
+
+
+def test_low_confidence_commits_the_linear_budget_and_never_revisits():
+    k, steps = 3, 4
+    res, canvas, valid = decode(Noisy(3, 12, k), k=k, steps=steps, return_trajectory=True)
+    free = (valid & (canvas == MASK)).repeat_interleave(k, 0)
+    budgets = linear_budgets(free, steps)
+    assert budgets.sum(1).tolist() == free.sum(1).tolist()
+    prev = canvas.repeat_interleave(k, 0)
+    assert res.steps_run == steps and len(res.trajectory) == steps
+    for s, step in enumerate(res.trajectory):
+        cur = step.reshape(-1, 12)
+        changed = cur != prev
+        assert changed.sum(1).tolist() == budgets[:, s].tolist()
+        assert bool((prev[changed] == MASK).all())  # only masked positions get filled
+        assert bool((cur[~free] == prev[~free]).all())  # given and invalid positions stay
+        prev = cur
+    assert not bool((res.tokens == MASK).any())
+    assert bool((res.tokens[~valid[:, None].expand_as(res.tokens)] == EOS).all())
+
+
+def test_random_masks_the_scheduled_share_and_leaves_no_mask():
+    k, steps, schedule = 2, 5, [1.0, 0.5, 0.25]
+    den = Noisy(3, 12, k)
+    calls = []
+
+    def recording(tokens, cache):
+        calls.append(tokens.clone())
+        return den(tokens, cache)
+
+    res, canvas, valid = decode(
+        recording,
+        k=k,
+        steps=steps,
+        remasking="random",
+        random_schedule=schedule,
+        return_trajectory=True,
+    )
+    free = (valid & (canvas == MASK)).repeat_interleave(k, 0)
+    n_free = free.sum(1)
+    for s, x in enumerate(calls):
+        rho = schedule[min(s, len(schedule) - 1)]
+        assert (x == MASK).sum(1).tolist() == torch.floor(rho * n_free + 0.5).long().tolist()
+        assert bool((x[~free] == canvas.repeat_interleave(k, 0)[~free]).all())
+    for step in res.trajectory:
+        assert not bool((step == MASK).any())
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_candidates_differ_when_sampling_and_follow_the_seed(remasking):
+    den = Noisy(3, 12, 4)
+    a, _, _ = decode(den, k=4, remasking=remasking, seed=1)
+    b, _, _ = decode(den, k=4, remasking=remasking, seed=1)
+    c, _, _ = decode(den, k=4, remasking=remasking, seed=2)
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.confidence, b.confidence)
+    assert not torch.equal(a.tokens[:, 1:], c.tokens[:, 1:])
+    for n in range(3):
+        assert len({tuple(row.tolist()) for row in a.tokens[n]}) > 1
+
+
+def test_temperature_zero_collapses_low_confidence_candidates():
+    den = Noisy(3, 12, 4)
+    res, _, _ = decode(den, k=4, temperature=0.0, seed=3)
+    for k in range(1, 4):
+        assert torch.equal(res.tokens[:, k], res.tokens[:, 0])
+    other, _, _ = decode(den, k=4, temperature=1.0, seed=4)
+    assert torch.equal(other.tokens[:, 0], res.tokens[:, 0])  # row 0 is always greedy
+
+
+def test_early_exit():
+    target = targets()
+    res, _, _ = decode(Peaked(target, 2), k=2, steps=4, remasking="random")
+    assert res.steps_run == 2  # step 2 reproduced step 1
+    res, _, _ = decode(Peaked(target, 2), k=2, steps=4, remasking="low_confidence")
+    assert res.steps_run == 4  # 4+ masked positions per row need all 4 steps
+    # canvases shorter than T: every position committed after 3 steps
+    short = torch.tensor([[2, 9, EOS], [3, EOS, EOS]])
+    den = Peaked(short, 1)
+    canvas, valid = canvas_for([3, 2], MASK, EOS)
+    res = pdd_decode(
+        den,
+        "cache",
+        canvas,
+        valid,
+        mask_id=MASK,
+        eos_id=EOS,
+        candidates=1,
+        steps=8,
+        remasking="low_confidence",
+        random_schedule=[1.0],
+        temperature=1.0,
+    )
+    assert res.steps_run == 3 and torch.equal(res.tokens[:, 0], short)
+
+
+def test_gumbel_argmax_samples_the_tempered_softmax():
+    logits = torch.tensor([0.0, 1.0986123]).expand(4000, 1, 2)  # probabilities 1/4, 3/4
+    gen = torch.Generator().manual_seed(0)
+    share = gumbel_argmax(logits, 1.0, gen).float().mean().item()
+    assert abs(share - 0.75) < 0.03
+    share_cold = gumbel_argmax(logits, 0.5, gen).float().mean().item()  # softmax(2x): 9/10
+    assert abs(share_cold - 0.9) < 0.03
+
+
+def test_config_options_and_bad_input():
+    canvas, valid = canvas_for([6], MASK, EOS)
+    den = Peaked(torch.tensor([[2, 7, 8, 9, EOS, EOS]]), DecodeConfig().candidates)
+    res = pdd_decode(
+        den, "cache", canvas, valid, mask_id=MASK, eos_id=EOS, **options_from_config(DecodeConfig())
+    )
+    assert res.tokens.shape == (1, DecodeConfig().candidates, 6)
+    with pytest.raises(ValueError, match="remasking"):
+        decode(Peaked(targets(), 3), remasking="sometimes")
+    with pytest.raises(ValueError, match="random_schedule"):
+        decode(Peaked(targets(), 3), remasking="random", random_schedule=[1.5])
+    with pytest.raises(ValueError, match="denoise returned"):
+        decode(lambda x, c: torch.zeros(x.shape[0], x.shape[1], V + 1))

@@ -1,0 +1,302 @@
+"""Parallel Diffusion Decoding: fill a masked canvas in T parallel steps, K candidates at once.
+
+Everything here is a pure function over a `denoise(tokens, cache) -> logits` callable:
+
+    denoise(tokens: LongTensor (N*K, L), cache) -> FloatTensor (N*K, L, V)
+
+Rows are utterance-major (row n*K + k is candidate k of utterance n), so the decoder can group
+the K rows of one utterance onto its cached cross-attention; the cache is passed through
+untouched. V is the head size; [MASK] = `mask_id` lies outside it and is never predicted.
+
+Position kinds on the canvas (N, L):
+    invalid  `valid` False (beyond an utterance's own canvas in a padded batch): EOS, never
+             predicted, never changed, never part of any step budget.
+    given    valid and not [MASK] in the input canvas (a language token the user supplied):
+             never changed.
+    free     valid and [MASK] in the input canvas: the sampler fills these.
+
+Remasking strategies:
+    low_confidence  (LLaDA) Each step predicts every still-masked free position and commits the
+                    most confident ones. Each row's free positions are spread evenly over the T
+                    steps (the first `m % T` steps take one more), so after T steps nothing is
+                    masked. Committed tokens never change.
+    random          (v1) The input of step s has a share rho_s of each row's free positions
+                    masked (exactly round(rho_s * free), drawn uniformly, independently per
+                    row; positions still [MASK] stay masked). The model predicts them and the
+                    predictions replace exactly those positions, so the canvas after every step
+                    holds no [MASK]. rho_s = schedule[s], the last entry repeating; v1's
+                    [1.0, 0.9, 0.85, 0.8] starts from the all-mask canvas and keeps a fifth of the
+                    previous tokens at the last step.
+
+Candidates: row 0 of each utterance is greedy; rows 1..K-1 draw each prediction by Gumbel-max
+at `temperature`, so the K candidates differ from step 1 on (step 1 sees the same all-mask input
+in every row). temperature = 0 makes every row greedy: with low_confidence the K candidates are
+then identical; with random they still differ through their own re-mask draws (v1's only source
+of diversity).
+
+Early exit: the loop stops before T steps once no further step can change the canvas:
+low_confidence when no position is masked (committed tokens stay); random when the canvas holds
+no [MASK] and the last step reproduced the canvas of the step before (a fixed point).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from whisfusion.canvas import pad_canvases
+from whisfusion.config import DecodeConfig
+
+Denoise = Callable[[torch.Tensor, Any], torch.Tensor]
+
+REMASKING = ("low_confidence", "random")
+
+# Elements of float64 Gumbel noise drawn at once (about 256 MB): bounds the sampling memory for
+# large batches x long canvases x large vocabularies, whose full-size float64 copy could exceed
+# the logits' own size several times over.
+_NOISE_CHUNK = 1 << 25
+
+
+@dataclass(frozen=True)
+class PDDResult:
+    # (N, K, L) final canvases; invalid positions EOS, no [MASK].
+    tokens: torch.Tensor
+    # (N, K, L) model probability of each token when it was last predicted; 1.0 on given and
+    # invalid positions (not predicted).
+    confidence: torch.Tensor
+    # (N, L) bool, the `valid` mask the canvases were decoded with.
+    valid: torch.Tensor
+    # Denoiser calls made (<= T; fewer after an early exit).
+    steps_run: int
+    # (N, K, L) canvas after each step (low_confidence: uncommitted positions still [MASK]),
+    # or None unless requested.
+    trajectory: list[torch.Tensor] | None
+
+
+def canvas_for(
+    lengths: Sequence[int],
+    mask_id: int,
+    eos_id: int,
+    lang_ids: Sequence[int | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Start canvases for a batch: `[<lang> or MASK] MASK ... MASK`, EOS beyond each length.
+
+    Args:
+        lengths: canvas length L_n of each utterance (>= 1).
+        lang_ids: language-token id per utterance, None where the decoder predicts it.
+    Returns:
+        canvas: (N, max L_n) long; valid: (N, max L_n) bool.
+    """
+    if lang_ids is not None and len(lang_ids) != len(lengths):
+        raise ValueError(f"{len(lang_ids)} language ids for {len(lengths)} utterances")
+    rows = []
+    for n, length in enumerate(lengths):
+        if length < 1:
+            raise ValueError(f"utterance {n}: canvas length must be >= 1, got {length}")
+        row = torch.full((int(length),), mask_id, dtype=torch.long)
+        if lang_ids is not None and lang_ids[n] is not None:
+            row[0] = lang_ids[n]
+        rows.append(row)
+    return pad_canvases(rows, eos_id)
+
+
+def options_from_config(cfg: DecodeConfig) -> dict[str, Any]:
+    """The `pdd_decode` keyword arguments that come from a `DecodeConfig`."""
+    return dict(
+        candidates=cfg.candidates,
+        steps=cfg.steps,
+        remasking=cfg.remasking,
+        random_schedule=list(cfg.random_schedule),
+        temperature=cfg.temperature,
+    )
+
+
+def on_device(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """A generator on `device`: `generator` itself, or one seeded from it when it lives elsewhere.
+
+    Drawing the (rows, L, V) Gumbel noise on the CPU for a GPU decoder would cost more than the
+    decoder itself; one seed drawn from `generator` keeps the result a function of its state.
+    """
+    if generator is None or generator.device == device:
+        return generator
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def gumbel_argmax(
+    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """A sample of softmax(logits / temperature) per position by Gumbel-max: (R, L, V) -> (R, L).
+
+    argmax(logits + temperature * g), g = -log(-log u), equals LLaDA's exp(logits) / (-log u)^T
+    without the overflow-prone exp. The noise is float64 as in LLaDA: low-precision Gumbel
+    noise cuts off its tail, which acts like a lower temperature and lowers sample quality
+    (arXiv:2409.02908). `generator` must live on the logits' device.
+    """
+    rows, length, vocab = logits.shape
+    step = max(1, _NOISE_CHUNK // max(1, length * vocab))
+    out = []
+    for start in range(0, rows, step):
+        part = logits[start : start + step].to(torch.float64)
+        u = torch.rand(part.shape, generator=generator, device=part.device, dtype=torch.float64)
+        noise = -torch.log(-torch.log(u))
+        out.append((part + temperature * noise).argmax(dim=-1))
+    return torch.cat(out)
+
+
+def predict(
+    logits: torch.Tensor,
+    sampled_rows: torch.Tensor,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token and its model probability for every position.
+
+    Args:
+        logits: (R, L, V).
+        sampled_rows: (R,) bool, rows drawn by Gumbel-max; the others take the argmax.
+    Returns:
+        tokens: (R, L) long; prob: (R, L) float32 probability under softmax(logits) (no
+        temperature: the model's own belief in the chosen token).
+    """
+    logits = logits.float()
+    tokens = logits.argmax(dim=-1)
+    if temperature > 0 and bool(sampled_rows.any()):
+        tokens[sampled_rows] = gumbel_argmax(logits[sampled_rows], temperature, generator)
+    log_z = torch.logsumexp(logits, dim=-1)
+    prob = (logits.gather(-1, tokens[..., None])[..., 0] - log_z).exp()
+    return tokens, prob
+
+
+def linear_budgets(masked: torch.Tensor, steps: int) -> torch.Tensor:
+    """Positions to commit per row and step: (R, L) bool -> (R, steps) long, rows sum to masked.
+
+    LLaDA's even split: m // T per step, the first m % T steps one more.
+    """
+    m = masked.sum(dim=1, keepdim=True)
+    s = torch.arange(steps, device=masked.device)[None, :]
+    return m // steps + (s < m % steps).long()
+
+
+def _rank_desc(score: torch.Tensor) -> torch.Tensor:
+    """Rank of each entry within its row, 0 = largest; ties keep position order."""
+    order = score.argsort(dim=1, descending=True, stable=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(score.shape[1], device=score.device).expand_as(order))
+    return ranks
+
+
+def _check(canvas, valid, mask_id, candidates, steps, remasking, random_schedule, temperature):
+    if canvas.dim() != 2 or valid.shape != canvas.shape:
+        raise ValueError(
+            f"canvas must be (N, L) and valid the same shape; got {tuple(canvas.shape)} and "
+            f"{tuple(valid.shape)}"
+        )
+    if valid.dtype != torch.bool:
+        raise ValueError(f"valid must be a bool tensor, got {valid.dtype}")
+    if bool((~valid[:, 0]).any()):
+        raise ValueError("every canvas needs at least one valid position")
+    if candidates < 1 or steps < 1:
+        raise ValueError(f"candidates and steps must be >= 1, got {candidates} and {steps}")
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking must be one of {', '.join(REMASKING)}; got '{remasking}'")
+    if remasking == "random" and (
+        not random_schedule or any(not 0.0 <= r <= 1.0 for r in random_schedule)
+    ):
+        raise ValueError(f"random_schedule needs shares in [0, 1], got {list(random_schedule)}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if bool((canvas[valid] > mask_id).any()):
+        raise ValueError(f"canvas holds ids above the [MASK] id {mask_id}")
+
+
+@torch.no_grad()
+def pdd_decode(
+    denoise: Denoise,
+    cache: Any,
+    canvas: torch.Tensor,
+    valid: torch.Tensor,
+    *,
+    mask_id: int,
+    eos_id: int,
+    candidates: int,
+    steps: int,
+    remasking: str,
+    random_schedule: Sequence[float],
+    temperature: float,
+    generator: torch.Generator | None = None,
+    return_trajectory: bool = False,
+) -> PDDResult:
+    """Decode K candidate transcripts per utterance in at most `steps` denoiser calls.
+
+    Args:
+        denoise: (N*K, L) long -> (N*K, L, V) logits, V <= mask_id; called with `cache`.
+        canvas: (N, L) start canvases (`canvas_for`): given tokens or [MASK] on valid positions.
+        valid: (N, L) bool, False beyond each utterance's canvas (forced to `eos_id`).
+        candidates: K rows per utterance; row 0 greedy, rows >= 1 sampled at `temperature`.
+        steps: T, the most denoiser calls.
+        remasking: "low_confidence" or "random" (module docstring).
+        random_schedule: masked share of the free positions at the input of each step (random
+            only); the last entry repeats.
+        temperature: Gumbel temperature of rows >= 1; 0 = every row greedy.
+        generator: source of all randomness (same inputs and seed -> same output); None uses
+            torch's global generator. Best on the canvas's device (else it seeds one there).
+        return_trajectory: keep the (N, K, L) canvas after each step.
+    """
+    _check(canvas, valid, mask_id, candidates, steps, remasking, random_schedule, temperature)
+    n, length = canvas.shape
+    valid_rows = valid.repeat_interleave(candidates, dim=0)
+    x = torch.where(valid, canvas, eos_id).repeat_interleave(candidates, dim=0)
+    free = valid_rows & (x == mask_id)
+    sampled_rows = torch.arange(n * candidates, device=x.device) % candidates > 0
+    gen = on_device(generator, x.device)
+    confidence = torch.ones(x.shape, dtype=torch.float32, device=x.device)
+    budgets = linear_budgets(free, steps) if remasking == "low_confidence" else None
+    n_free = free.sum(dim=1, keepdim=True).float()
+    trajectory: list[torch.Tensor] = []
+    steps_run = 0
+
+    for s in range(steps):
+        masked = x == mask_id  # only free positions are ever [MASK]
+        if remasking == "random":
+            rho = float(random_schedule[min(s, len(random_schedule) - 1)])
+            count = torch.floor(rho * n_free + 0.5)
+            draw = torch.where(free, torch.rand(x.shape, generator=gen, device=x.device), -1.0)
+            masked = masked | (free & (_rank_desc(draw) < count))
+        x_in = torch.where(masked, mask_id, x)
+
+        logits = denoise(x_in, cache)
+        if logits.shape[:2] != x.shape or logits.shape[-1] > mask_id:
+            raise ValueError(
+                f"denoise returned logits {tuple(logits.shape)}; expected "
+                f"({x.shape[0]}, {length}, V) with V <= mask id {mask_id}"
+            )
+        pred, prob = predict(logits, sampled_rows, temperature, gen)
+        steps_run += 1
+
+        if remasking == "low_confidence":
+            score = torch.where(masked, prob, -1.0)
+            commit = masked & (_rank_desc(score) < budgets[:, s : s + 1])
+        else:
+            commit = masked
+        x_new = torch.where(commit, pred, x_in)
+        confidence = torch.where(commit, prob, confidence)
+        if return_trajectory:
+            trajectory.append(x_new.view(n, candidates, length).clone())
+
+        no_mask = not bool((x_new == mask_id).any())
+        fixed_point = remasking == "low_confidence" or bool(torch.equal(x_new, x))
+        x = x_new
+        if no_mask and fixed_point:
+            break
+
+    return PDDResult(
+        tokens=x.view(n, candidates, length),
+        confidence=confidence.view(n, candidates, length),
+        valid=valid,
+        steps_run=steps_run,
+        trajectory=trajectory if return_trajectory else None,
+    )
