@@ -6,6 +6,11 @@ biases, no timestep input (time-agnostic, as in LLaDA / SMDM). The embedding tab
 row for [MASK] (id = vocab_size); the output head has vocab_size classes, so [MASK] can never be
 predicted.
 
+Positions: RoPE in self-attention, plus a learned absolute position embedding added to the input.
+RoPE alone cannot tell positions apart on an all-[MASK] canvas (every value vector is the same,
+so every weighted sum is too), and decoding starts from exactly that canvas; the absolute
+embedding breaks the symmetry from the first step.
+
 Cross-attention keys/values depend on the audio only: `cross_cache` computes them once per
 utterance, and `forward` reuses them for any number of candidate rows. K candidate rows of one
 utterance are folded into the query length of a single attention call (queries never interact in
@@ -130,7 +135,7 @@ class DecoderBlock(nn.Module):
 class DiffusionDecoder(nn.Module):
     """Masked-diffusion denoiser p(x_0 | x_t, audio)."""
 
-    def __init__(self, cfg: DecoderConfig, vocab_size: int, enc_width: int):
+    def __init__(self, cfg: DecoderConfig, vocab_size: int, enc_width: int, max_len: int = 448):
         super().__init__()
         if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
             raise ValueError(
@@ -138,6 +143,7 @@ class DiffusionDecoder(nn.Module):
             )
         self.cfg, self.vocab_size = cfg, vocab_size
         self.embed = nn.Embedding(vocab_size + 1, cfg.width)  # last row: [MASK]
+        self.pos_embed = nn.Embedding(max_len, cfg.width)
         self.blocks = nn.ModuleList(DecoderBlock(cfg, enc_width) for _ in range(cfg.layers))
         self.norm_out = nn.RMSNorm(cfg.width, eps=1e-6)
         self.head = nn.Linear(cfg.width, vocab_size, bias=False)
@@ -173,10 +179,15 @@ class DiffusionDecoder(nn.Module):
         rows, length = tokens.shape
         if rows % cache.batch:
             raise ValueError(f"{rows} canvas rows do not group onto {cache.batch} utterances")
+        if length > self.pos_embed.num_embeddings:
+            raise ValueError(
+                f"canvas of {length} positions is longer than the decoder's maximum "
+                f"{self.pos_embed.num_embeddings} (model.canvas.max_len)"
+            )
         cos, sin = rope_tables(length, self.cfg.width // self.cfg.heads, self.cfg.rope_theta, tokens.device)
         self_mask = None if canvas_valid is None else canvas_valid[:, None, None, :]
         key_mask = cache.key_valid[:, None, None, :]
-        x = self.embed(tokens)
+        x = self.embed(tokens) + self.pos_embed.weight[:length]
         for blk, k, v in zip(self.blocks, cache.keys, cache.values):
             if self.cfg.activation_checkpointing and self.training:
                 x = checkpoint(blk, x, cos, sin, self_mask, k, v, key_mask, use_reentrant=False)

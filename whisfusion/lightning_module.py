@@ -8,6 +8,7 @@ import lightning as L
 import torch
 
 from whisfusion.config import RunConfig
+from whisfusion.data.feature_cache import FeatureCache
 from whisfusion.model import CHECKPOINT_KEY, Whisfusion
 from whisfusion.optim import build_optimizer
 from whisfusion.schedule import MaskSchedule, diffusion_loss
@@ -27,22 +28,50 @@ class WhisfusionModule(L.LightningModule):
         self.model = model
         self.cfg: RunConfig = model.cfg
         self.schedule = MaskSchedule(self.cfg.model.schedule)
+        cache_dir = self.cfg.data.feature_cache
+        self.feature_cache = FeatureCache(cache_dir, model.encoder.sha256) if cache_dir else None
         self._step_started = time.perf_counter()
 
     def features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, E) encoder output and (B, T) validity, computed or taken from the batch."""
+        """(B, T, E) encoder output and (B, T) validity: from the batch, the cache or the encoder."""
         if "features" in batch:
             return batch["features"], batch["feature_valid"]
-        return self.model.encode(batch["audio"], batch["audio_lens"])
+        if self.feature_cache is None:
+            return self.model.encode(batch["audio"], batch["audio_lens"])
+        return self._cached_features(batch)
+
+    def _cached_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode only the utterances the cache lacks; store their valid frames.
+
+        Exact: an utterance's features do not depend on its batch (see FrozenWhisperEncoder),
+        and the decoder ignores frames outside `valid`, so keeping only valid frames loses
+        nothing.
+        """
+        ids = list(batch["ids"])
+        found = self.feature_cache.get(ids)
+        missing = [i for i, f in enumerate(found) if f is None]
+        if missing:
+            rows = torch.tensor(missing, device=batch["audio"].device)
+            feats, valid = self.model.encode(batch["audio"][rows], batch["audio_lens"][rows])
+            # rounded as stored, so a first-seen utterance looks like a cached one
+            fresh = [feats[j][valid[j]].to(torch.float16) for j in range(len(missing))]
+            self.feature_cache.put([ids[i] for i in missing], fresh)
+            for j, i in enumerate(missing):
+                found[i] = fresh[j]
+        lengths = torch.tensor([len(f) for f in found])
+        out = torch.zeros(len(found), int(lengths.max()), found[0].shape[1], device=self.device)
+        for i, f in enumerate(found):
+            out[i, : len(f)] = f.to(self.device, torch.float32)
+        return out, (torch.arange(out.shape[1])[None, :] < lengths[:, None]).to(self.device)
 
     def _generator(self) -> torch.Generator:
         # Masks depend only on (seed, rank, step): a resumed run draws what it would have drawn.
         seed = self.cfg.trainer.seed * 1_000_003 + self.global_rank * 10_007 + self.global_step
         return torch.Generator().manual_seed(seed)
 
-    def loss(self, batch: dict, step: int, generator: torch.Generator | None = None):
+    def loss(self, batch: dict, step: int, generator: torch.Generator | None = None, features=None):
         """Diffusion loss of a batch and its corruption (for logging)."""
-        feats, valid = self.features(batch)
+        feats, valid = features if features is not None else self.features(batch)
         cache = self.model.cross_cache(feats, valid)
         tokens, canvas_valid = batch["tokens"], batch["canvas_valid"]
         corr = self.schedule.corrupt(tokens, canvas_valid, self.model.decoder.mask_id, step, generator)
@@ -62,12 +91,14 @@ class WhisfusionModule(L.LightningModule):
         self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), batch_size=bs)
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int):
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        """Validation loss; the features go on to the PDD validation callback for decoding."""
+        feats, valid = self.features(batch)
         # A fixed seed per batch so the validation loss is comparable between evaluations.
         gen = torch.Generator().manual_seed(self.cfg.trainer.seed + batch_idx)
-        loss, _ = self.loss(batch, self.global_step, gen)
+        loss, _ = self.loss(batch, self.global_step, gen, features=(feats, valid))
         self.log("val/loss", loss, batch_size=batch["tokens"].shape[0], sync_dist=True)
-        return loss
+        return {"loss": loss, "features": feats, "feature_valid": valid}
 
     def configure_optimizers(self):
         opt, sched = build_optimizer(self.model.decoder, self.cfg.optim, self.cfg.trainer.max_steps)

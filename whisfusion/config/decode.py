@@ -33,5 +33,7 @@ class ValidationConfig:
     examples_per_language: int = 3
     # Log one denoising trajectory (the canvas after each step).
     log_trajectory: bool = True
+    # Let the decoder predict the language (and log its accuracy) instead of giving it.
+    predict_language: bool = False
     # Metric the checkpoint callback monitors ("" = keep the last checkpoint only).
     monitor: str = "val/wer_avg"
