@@ -1,0 +1,40 @@
+"""Tiny trained-looking models and checkpoints for tests (random encoder, no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from whisfusion.config import load_config
+from whisfusion.model import CHECKPOINT_KEY, Whisfusion
+from whisfusion.tokenizer import Tokenizer, train_tokenizer
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+LANGS = ["en", "de", "zh"]
+TEXTS = [
+    "the cat sat on the mat",
+    "a dog runs in the park",
+    "der Hund schläft im Garten",
+    "das Haus ist sehr groß",
+    "我们今天去公园",
+    "你好世界",
+]
+
+
+def tiny_tokenizer() -> Tokenizer:
+    return train_tokenizer([t for t in TEXTS for _ in range(20)], LANGS, vocab_size=300)
+
+
+def tiny_model(overrides: list[str] | None = None, seed: int = 0) -> Whisfusion:
+    """An untrained tiny model (random encoder and decoder) with a 3-language tokenizer."""
+    cfg = load_config(CONFIGS / "tiny.yaml", ["model.canvas.r_max=8", *(overrides or [])])
+    torch.manual_seed(seed)
+    return Whisfusion.from_config(cfg, tiny_tokenizer()).eval()
+
+
+def save_checkpoint(model: Whisfusion, path: Path) -> Path:
+    """A checkpoint as training writes it (decoder weights under `model.decoder.`)."""
+    state = {f"model.decoder.{k}": v for k, v in model.decoder.state_dict().items()}
+    torch.save({"state_dict": state, CHECKPOINT_KEY: model.checkpoint_payload()}, path)
+    return path
