@@ -16,9 +16,10 @@ class EncoderConfig:
     source: str = "random"
     # Expected sha256 of the weights file; checked at load when set ("" = record, don't check).
     sha256: str = ""
-    # "full" pads every clip to 30 s as Whisper was trained; "trim" cuts the window to the batch.
+    # "full" pads every clip to 30 s as Whisper was trained; "trim" gives each clip its own
+    # window, its duration rounded up to trim_multiple_s (batch-invariant, cacheable features).
     window: str = "full"
-    # With window=trim, the window is the longest clip rounded up to this many seconds.
+    # With window=trim, each clip's duration is rounded up to this (a multiple of 0.02 s).
     trim_multiple_s: float = 2.0
     # Shape of a randomly initialised encoder (used only when source == "random").
     n_mels: int = 80
