@@ -1,0 +1,1 @@
+"""Corpus preparation: adapters, the stage-gated driver (`prepare`), the demo corpus."""

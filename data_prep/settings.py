@@ -1,0 +1,71 @@
+"""Settings of a data preparation run; defaults shared with the run config come from there."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from whisfusion.config import CanvasConfig, DataConfig, TokenizerConfig
+
+
+@dataclass
+class Source:
+    # Adapter name (see data_prep.adapters.ADAPTERS).
+    kind: str
+    # Corpus root directory.
+    root: Path
+    # Splits read as training data.
+    train: list[str]
+    # Splits read as validation data.
+    valid: list[str]
+
+    def describe(self) -> dict:
+        return {"kind": self.kind, "root": str(self.root), "train": self.train, "valid": self.valid}
+
+
+@dataclass
+class PrepSettings:
+    # Output directory: every stage writes only under it (safe to delete and rerun).
+    out: Path
+    # Corpora to read.
+    sources: list[Source]
+    # Languages kept (others are dropped and reported); this order fixes the language token ids.
+    languages: list[str] = field(default_factory=lambda: list(TokenizerConfig().languages))
+    # SentencePiece vocabulary size.
+    vocab_size: int = TokenizerConfig().vocab_size
+    # Longest utterance kept, seconds (the Whisper window).
+    max_duration: float = DataConfig().max_duration
+    # Canvas rule for the fit check; its r_max is ignored (the tokenizer stage measures it).
+    canvas: CanvasConfig = field(default_factory=CanvasConfig)
+    # Transcript lines per language for tokenizer training (sampled; repeated if fewer exist).
+    tokenizer_lines: int = 100_000
+    # Target shard size in MB; with the mean duration of a language it sets samples per shard.
+    shard_size_mb: float = 1000.0
+    # Samples per shard; overrides shard_size_mb when > 0.
+    shard_samples: int = 0
+    # Worker processes for probing audio, writing and verifying shards (1 = no workers).
+    jobs: int = 2
+    # Seed of the tokenizer's line sampling.
+    seed: int = 1234
+    # Fingerprint of corpus content that paths do not capture (the demo corpus's settings).
+    corpus_tag: str = ""
+
+    def stage_inputs(self, stage: str) -> dict:
+        """The settings a stage's output depends on (hashed into its done-marker)."""
+        canvas = {k: v for k, v in asdict(self.canvas).items() if k != "r_max"}
+        return {
+            "manifest": {
+                "sources": [s.describe() for s in self.sources],
+                "languages": self.languages,
+                "max_duration": self.max_duration,
+                "corpus_tag": self.corpus_tag,
+            },
+            "tokenizer": {
+                "vocab_size": self.vocab_size,
+                "tokenizer_lines": self.tokenizer_lines,
+                "seed": self.seed,
+            },
+            "filter": {"canvas": canvas},
+            "shards": {"shard_size_mb": self.shard_size_mb, "shard_samples": self.shard_samples},
+            "verify": {},
+        }[stage]
