@@ -40,7 +40,7 @@ quicktest: setup
 
 train: setup espeak
 ifeq ($(DATA),$(DEMO_DATA))
-	$(PY) -m data_prep.prepare demo --out $(DATA)
+	$(PY) -m data_prep.prepare demo --out $(DATA) --config $(CONFIG)
 endif
 	$(VENV)/bin/whisfusion train --config $(CONFIG) data.root=$(DATA) $(ARGS)
 
