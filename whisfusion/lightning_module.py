@@ -7,6 +7,7 @@ import time
 import lightning as L
 import torch
 
+from whisfusion.callbacks.nonfinite import NonFiniteGuard, detached_zero_loss
 from whisfusion.config import RunConfig
 from whisfusion.data.feature_cache import FeatureCache
 from whisfusion.model import CHECKPOINT_KEY, Whisfusion
@@ -31,6 +32,7 @@ class WhisfusionModule(L.LightningModule):
         cache_dir = self.cfg.data.feature_cache
         self.feature_cache = FeatureCache(cache_dir, model.encoder.sha256) if cache_dir else None
         self._step_started = time.perf_counter()
+        self.nonfinite = NonFiniteGuard(self.cfg.trainer.max_nonfinite_in_row)
 
     def features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, E) encoder output and (B, T) validity: from the batch, the cache or the encoder."""
@@ -80,6 +82,11 @@ class WhisfusionModule(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int):
         loss, corr = self.loss(batch, self.global_step, self._generator())
+        # All ranks take the same branch, or DDP ranks would disagree on the update; the zero
+        # loss keeps every rank's backward (and DDP's gradient reduction) going as usual.
+        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
+            self.nonfinite.flag()
+            return detached_zero_loss(self.model.decoder)
         now = time.perf_counter()
         elapsed, self._step_started = now - self._step_started, now
         tokens = int(batch["canvas_valid"].sum())
@@ -104,5 +111,22 @@ class WhisfusionModule(L.LightningModule):
         opt, sched = build_optimizer(self.model.decoder, self.cfg.optim, self.cfg.trainer.max_steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # A step with a non-finite loss changes nothing: AdamW skips parameters without a
+        # gradient (see whisfusion.callbacks.nonfinite for why the gradients are dropped here).
+        if self.nonfinite.finish_step(self.global_step):
+            optimizer.zero_grad(set_to_none=True)
+        self.log("train/nonfinite_skipped", float(self.nonfinite.skipped))
+
+    def on_train_start(self) -> None:
+        # The global RNG (dropout) follows (seed, rank, step) like the masks: a resumed run
+        # does not repeat the draws of the run it continues.
+        torch.manual_seed(self._generator().initial_seed() + 1)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = self.model.checkpoint_payload()
+        checkpoint["nonfinite"] = self.nonfinite.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "nonfinite" in checkpoint:
+            self.nonfinite.load_state_dict(checkpoint["nonfinite"])

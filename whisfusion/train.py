@@ -9,10 +9,17 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
+from whisfusion.callbacks.ema import EMA
+from whisfusion.callbacks.preemption import StopOnSignal, TrainingStopped
+from whisfusion.checkpoint_io import AtomicCheckpointIO
 from whisfusion.config import RunConfig, config_to_yaml
+from whisfusion.decoder import DecoderBlock
+from whisfusion.distributed import BatchPlan, RankAgreement, plan_for, train_shard_listing
 from whisfusion.lightning_module import WhisfusionModule
 from whisfusion.model import Whisfusion
+from whisfusion.slurm import cluster_plugins, slurm_job_id
 from whisfusion.tokenizer import Tokenizer
 from whisfusion.validation import PDDValidation
 
@@ -39,16 +46,35 @@ def last_checkpoint(run_dir: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
+def build_strategy(cfg: RunConfig):
+    """The Lightning strategy of `trainer.strategy` ("ddp", "fsdp", or a Lightning name)."""
+    name = cfg.trainer.strategy
+    if name == "ddp":
+        # Every decoder parameter gets a gradient every step (a skipped step too, see
+        # whisfusion.callbacks.nonfinite), so DDP need not search the graph for unused ones.
+        return DDPStrategy(find_unused_parameters=False)
+    if name == "fsdp":
+        if cfg.trainer.ema_decay > 0:
+            raise ValueError("trainer.ema_decay > 0 needs strategy ddp: the EMA is kept unsharded")
+        # One FSDP unit per decoder block. Activation checkpointing stays with the decoder
+        # itself (model.decoder.activation_checkpointing, any strategy); an FSDP policy on top
+        # would recompute every block twice.
+        return FSDPStrategy(auto_wrap_policy={DecoderBlock})
+    return name
+
+
+def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, plan: BatchPlan) -> L.Trainer:
     t = cfg.trainer
-    return L.Trainer(
+    trainer = L.Trainer(
         default_root_dir=str(run_dir),
         max_steps=t.max_steps,
         accelerator=t.accelerator,
         devices=t.devices if t.devices == "auto" else int(t.devices),
         num_nodes=t.num_nodes,
         precision=t.precision,
-        strategy=t.strategy,
+        strategy=build_strategy(cfg),
+        accumulate_grad_batches=plan.accumulate,
+        plugins=[AtomicCheckpointIO(), *cluster_plugins()],
         gradient_clip_val=cfg.optim.grad_clip or None,
         log_every_n_steps=t.log_every_n_steps,
         # Streams have no epochs: validate every N optimizer steps instead.
@@ -61,6 +87,12 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list) -> L.Trainer:
         logger=TensorBoardLogger(str(run_dir), name="tensorboard", version=""),
         callbacks=callbacks,
     )
+    if trainer.world_size != plan.world_size:
+        raise ValueError(
+            f"the trainer runs {trainer.world_size} ranks but the batch plan assumed "
+            f"{plan.world_size}: set trainer.devices to a number"
+        )
+    return trainer
 
 
 def run_training(cfg: RunConfig) -> Path:
@@ -73,6 +105,9 @@ def run_training(cfg: RunConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
 
+    plan = plan_for(cfg)
+    # data.batch_size is the most one device holds; the plan may choose less.
+    cfg.data.batch_size = plan.per_device
     tokenizer = Tokenizer.from_file(cfg.model.tokenizer.path)
     module = WhisfusionModule(Whisfusion.from_config(cfg, tokenizer))
     data = WhisfusionDataModule(cfg.data, cfg.model.canvas, tokenizer)
@@ -86,7 +121,14 @@ def run_training(cfg: RunConfig) -> Path:
             save_top_k=0,
         ),
         LearningRateMonitor(logging_interval="step"),
+        RankAgreement(
+            config_to_yaml(cfg), tokenizer.to_bytes(), train_shard_listing(cfg.data), plan
+        ),
     ]
+    if cfg.trainer.ema_decay > 0:
+        callbacks.append(EMA(cfg.trainer.ema_decay))
+    # after EMA: a stop checkpoint must hold this step's average
+    callbacks.append(StopOnSignal(run_dir / "checkpoints" / "last.ckpt", slurm_job_id()))
     if cfg.validation.monitor:
         # keeps the checkpoint with the best validation error rate beside last.ckpt
         callbacks.append(
@@ -101,11 +143,15 @@ def run_training(cfg: RunConfig) -> Path:
         )
     if cfg.trainer.progress_bar:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, cfg.trainer.log_every_n_steps // 2)))
-    trainer = build_trainer(cfg, run_dir, callbacks)
+    trainer = build_trainer(cfg, run_dir, callbacks, plan)
     resume = last_checkpoint(run_dir)
     if resume is not None:
         log.info("resuming from %s", resume)
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    except TrainingStopped as stopped:
+        print(f"whisfusion: {stopped}", flush=True)
+        return run_dir
     trainer.validate(module, datamodule=data, verbose=False)
     if trainer.is_global_zero:
         print_summary(run_dir, validation.report, data)

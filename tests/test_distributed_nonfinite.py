@@ -1,0 +1,103 @@
+"""Non-finite losses: the step is skipped on all ranks together and counted; a run of them stops."""
+
+import lightning as L
+import pytest
+import torch
+from model_fixtures import tiny_model
+from torch.utils.data import DataLoader
+
+from whisfusion.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError, detached_zero_loss
+from whisfusion.lightning_module import WhisfusionModule
+
+
+def test_guard_counts_and_stops_after_a_run():
+    guard = NonFiniteGuard(max_in_row=3)
+    assert not guard.finish_step(0)
+    guard.flag()
+    guard.flag()  # two bad micro-batches of one step: one skipped step
+    assert guard.finish_step(1)
+    assert not guard.finish_step(2)
+    assert (guard.skipped, guard.in_row) == (1, 0)
+    guard.flag()
+    assert guard.finish_step(3)
+    guard.flag()
+    assert guard.finish_step(4)
+    guard.flag()
+    with pytest.raises(
+        NonFiniteLossError, match=r"3 optimizer steps in a row \(steps 3..5; 4 skipped"
+    ):
+        guard.finish_step(5)
+    restored = NonFiniteGuard(3)
+    restored.load_state_dict(guard.state_dict())
+    assert (restored.skipped, restored.in_row) == (4, 3)
+
+
+def test_detached_zero_loss_gives_zero_gradients_to_every_parameter():
+    lin = torch.nn.Linear(3, 2)
+    lin.bias.requires_grad_(False)
+    detached_zero_loss(lin).backward()
+    assert torch.equal(lin.weight.grad, torch.zeros(2, 3)) and lin.bias.grad is None
+
+
+def _batches(model, n: int, nan_at: set[int]) -> list[dict]:
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for i in range(n):
+        feats = torch.randn(2, 10, model.encoder.width, generator=g)
+        if i in nan_at:
+            feats[0, 3] = float("nan")
+        out.append(
+            {
+                "features": feats,
+                "feature_valid": torch.ones(2, 10, dtype=torch.bool),
+                "tokens": torch.randint(2, model.tokenizer.vocab_size, (2, 16), generator=g),
+                "canvas_valid": torch.ones(2, 16, dtype=torch.bool),
+            }
+        )
+    return out
+
+
+class StepRecorder(L.Callback):
+    def __init__(self):
+        self.weights, self.adam_steps = [], []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.weights.append(pl_module.model.decoder.head.weight.detach().clone())
+        state = trainer.optimizers[0].state.get(pl_module.model.decoder.head.weight, {})
+        self.adam_steps.append(float(state.get("step", 0)))
+
+
+def _fit(module, batches, tmp_path, callbacks=()):
+    trainer = L.Trainer(
+        max_steps=len(batches),
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+    )
+    trainer.fit(module, DataLoader(batches, batch_size=None))
+    return trainer
+
+
+def test_nonfinite_step_changes_nothing_and_training_goes_on(tmp_path):
+    module = WhisfusionModule(tiny_model(["trainer.max_steps=4", "optim.warmup_steps=1"]))
+    rec = StepRecorder()
+    trainer = _fit(module, _batches(module.model, 4, nan_at={1}), tmp_path, [rec])
+    assert trainer.global_step == 4  # the skipped step still counts
+    assert torch.equal(rec.weights[1], rec.weights[0])  # no update, not even weight decay
+    assert rec.adam_steps == [1.0, 1.0, 2.0, 3.0]  # AdamW's moments did not move either
+    assert not torch.equal(rec.weights[2], rec.weights[1])
+    assert trainer.callback_metrics["train/nonfinite_skipped"] == 1
+    assert module.nonfinite.state_dict() == {"skipped": 1, "in_row": 0}
+    assert all(torch.isfinite(p).all() for p in module.model.decoder.parameters())
+
+
+def test_a_run_of_nonfinite_steps_stops_training(tmp_path):
+    module = WhisfusionModule(tiny_model(["trainer.max_nonfinite_in_row=2", "trainer.max_steps=5"]))
+    with pytest.raises(NonFiniteLossError, match="2 optimizer steps in a row"):
+        _fit(module, _batches(module.model, 5, nan_at={1, 2, 3, 4}), tmp_path)
+    assert module.nonfinite.skipped == 2
