@@ -106,8 +106,10 @@ class StopOnSignal(Callback):
         self._previous.clear()
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        # Early, so that a signal during start-up is not lost.
-        self._install()
+        # Early, so that a signal during start-up is not lost; training only (validation
+        # alone has nothing to save, and a stop signal must stop it as usual).
+        if stage == "fit":
+            self._install()
 
     def on_train_start(self, trainer, pl_module) -> None:
         # Again: Lightning installs its own SIGTERM handler between `setup` and here.
