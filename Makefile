@@ -14,8 +14,13 @@ ARGS ?=
 CORPUS ?= demo
 CORPUS_DIR ?=
 LOGDIR ?= runs
+# SLURM job for `make slurm`: nodes and GPUs per node (CONFIG, DATA, ARGS as for `make train`);
+# SLURM_ARGS for the scheduler, e.g. "--time 2-00:00:00 --partition gpu"; DRY_RUN=1 prints the script.
+NODES ?= 1
+GPUS ?= 8
+SLURM_ARGS ?=
 
-.PHONY: setup espeak test quicktest train data lint tensorboard bench clean-venv
+.PHONY: setup espeak test quicktest train data slurm lint tensorboard bench clean-venv
 
 setup: $(STAMP)
 
@@ -47,12 +52,20 @@ endif
 data: setup espeak
 	$(PY) -m data_prep.prepare $(CORPUS) --out $(DATA) $(if $(CORPUS_DIR),--corpus-dir $(CORPUS_DIR))
 
+slurm: setup
+	$(VENV)/bin/whisfusion slurm --nodes $(NODES) --gpus $(GPUS) --config $(CONFIG) --data $(DATA) \
+	  $(SLURM_ARGS) $(if $(DRY_RUN),--dry-run) $(ARGS)
+
 lint: setup
 	$(VENV)/bin/ruff check whisfusion data_prep tests
 	$(VENV)/bin/ruff format --check whisfusion data_prep tests
 
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --bind_all
+
+# Decoding-speed benchmark, CPU profile (minutes): writes bench/out/, updates bench/RESULTS.md.
+bench: setup espeak
+	$(PY) -m bench.decoding
 
 clean-venv:
 	rm -rf $(VENV)

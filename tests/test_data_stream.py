@@ -24,7 +24,12 @@ from whisfusion.data import stats as S
 from whisfusion.data.datamodule import WhisfusionDataModule
 from whisfusion.data.manifest import read_manifest
 from whisfusion.data.shards import build_index, write_json_atomic
-from whisfusion.data.stream import bucket_batches, language_weights, plan_validation
+from whisfusion.data.stream import (
+    bucket_batches,
+    language_weights,
+    plan_validation,
+    stream_share,
+)
 from whisfusion.tokenizer import Tokenizer
 
 torch.set_num_threads(1)
@@ -152,6 +157,31 @@ def test_training_streams_differ_by_rank_and_resume_but_repeat_by_seed(data):
     resumed.load_state_dict(module(data, 0, 2).state_dict())
     assert resumed.resume_count == 1
     assert [b["ids"] for b in train_ids(resumed, steps)] != [b["ids"] for b in a0]
+
+
+# en has 4 train shards, de 3: 2 streams split shards, 4 streams split de by sample key
+@pytest.mark.parametrize("world_size, workers", [(2, 1), (2, 2)])
+def test_ranks_and_workers_train_on_disjoint_samples(data, world_size, workers):
+    seen = []
+    for rank in range(world_size):
+        dm = module(data, rank, world_size, batch_size=2, num_workers=workers)
+        ids = {i for b in islice(iter(dm.train_dataloader()), 30) for i in b["ids"]}
+        assert ids
+        seen.append(ids)
+    for a in range(world_size):
+        for b in range(a + 1, world_size):
+            assert not seen[a] & seen[b], (a, b, seen[a] & seen[b])
+
+
+def test_stream_share_partitions_shards_or_keys():
+    paths = [f"s{i}.tar" for i in range(5)]
+    shares = [stream_share(paths, j, 4)[0] for j in range(4)]
+    assert sorted(p for share in shares for p in share) == paths  # every shard, exactly once
+    few = [stream_share(paths[:2], j, 4) for j in range(4)]
+    keys = [f"utt{i}" for i in range(400)]
+    owners = [[j for j, (_, keep) in enumerate(few) if keep(k)] for k in keys]
+    assert all(len(o) == 1 for o in owners)  # each key in exactly one stream
+    assert min(Counter(o[0] for o in owners).values()) > 60  # roughly balanced
 
 
 def test_training_with_two_workers_keeps_going(data):

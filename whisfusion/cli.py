@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Subcommand modules; each has `add_parser(subparsers)` that sets `func` on its parser.
-COMMANDS = ["train", "score", "transcribe", "evaluate"]
+COMMANDS = ["train", "transcribe", "evaluate", "score", "slurm"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,6 +20,7 @@ from braceexpand import braceexpand
 from torch.utils.data import DataLoader
 
 from whisfusion.config import CanvasConfig, DataConfig
+from whisfusion.callbacks.preemption import ignore_stop_signals
 from whisfusion.data.samples import ExampleDecoder
 from whisfusion.data.shards import read_index
 from whisfusion.data.stats import DataStats, StatsReport
@@ -112,6 +113,8 @@ class WhisfusionDataModule(L.LightningDataModule):
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=persistent and workers > 0,
+            # the main process handles SLURM's stop signals; workers must not die of them
+            worker_init_fn=ignore_stop_signals,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -138,6 +141,7 @@ class WhisfusionDataModule(L.LightningDataModule):
             shuffle_buffer=self.cfg.shuffle_buffer,
             seed=self.cfg.seed,
             rank=self.rank,
+            world_size=self.world_size,
             resume_count=self.resume_count,
         )
         return self._loader(stream, persistent=False)

@@ -5,9 +5,10 @@ Training (`TrainStream`), inside each DataLoader worker of each rank:
     are no epochs and the run ends at max_steps)
     -> weighted language mixer -> shuffle buffer (of encoded samples: compressed audio is small)
     -> decode and check -> duration buckets -> batches.
-Every (rank, worker) stream is seeded from (seed, rank, worker, resume count). That seed is the
-whole shard split: with resampling there is no shard list to partition, so streams differ by
-seed, and a resumed run draws fresh samples instead of replaying the first ones.
+Every (rank, worker) stream reads a disjoint share of each language (`stream_share`): whole
+shards when a language has at least as many shards as there are streams, else the samples whose
+key hashes to the stream. Each stream is seeded from (seed, rank, worker, resume count), so a
+resumed run draws fresh samples instead of replaying the first ones.
 
 Validation (`ValidStream`): the index's validation samples in order are cut into one contiguous
 block per rank (by sample, not by shard, so ranks stay balanced), every rank gets the same
@@ -20,7 +21,8 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from collections.abc import Iterator, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,6 +73,21 @@ def stream_seed(seed: int, rank: int, worker: int, resume_count: int) -> int:
     return int(state[0]) << 32 | int(state[1])
 
 
+def stream_share(
+    paths: Sequence[str], stream: int, n_streams: int
+) -> tuple[list[str], Callable[[str], bool]]:
+    """The disjoint part of one language that stream `stream` of `n_streams` reads.
+
+    Returns its shards and a predicate on sample keys. With enough shards the streams split the
+    shards (every key kept); with fewer shards than streams every stream opens every shard and
+    keeps the keys whose CRC32 falls to it (reading bytes it discards, but never a sample that
+    another rank or worker also trains on).
+    """
+    if len(paths) >= n_streams:
+        return list(paths[stream::n_streams]), lambda key: True
+    return list(paths), lambda key: zlib.crc32(key.encode()) % n_streams == stream
+
+
 def _worker() -> tuple[int, int]:
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
@@ -80,20 +97,30 @@ def _shard_error(stats: S.DataStats):
     return lambda path, err: stats.skip(S.SHARD_ERROR, path, str(err))
 
 
-def _resampled(lang: str, paths: Sequence[str], rng: random.Random, stats: S.DataStats):
-    """Endless raw samples of one language: random shards, drawn with replacement."""
-    failed_in_row = 0
+def _resampled(
+    lang: str,
+    paths: Sequence[str],
+    keep: Callable[[str], bool],
+    rng: random.Random,
+    stats: S.DataStats,
+):
+    """Endless raw samples of one language: random shards, drawn with replacement; only the
+    samples whose key `keep` accepts."""
+    empty_in_row = 0
     limit = max(MIN_FAILED_DRAWS, 4 * len(paths))
     while True:
-        got = False
+        got = kept = False
         for raw in iter_shard(rng.choice(paths), _shard_error(stats)):
             got = True
-            yield raw
-        failed_in_row = 0 if got else failed_in_row + 1
-        if failed_in_row >= limit:
+            if keep(raw.get("__key__", "")):
+                kept = True
+                yield raw
+        empty_in_row = 0 if kept else empty_in_row + 1
+        if empty_in_row >= limit:
+            why = "no readable shard" if not got else "no sample of this rank/worker's share"
             raise RuntimeError(
-                f"no readable training shard for language '{lang}' in {failed_in_row} draws "
-                f"from {len(paths)} shard(s), e.g. {paths[0]}"
+                f"{why} for language '{lang}' in {empty_in_row} draws from {len(paths)} "
+                f"shard(s), e.g. {paths[0]} (fewer samples than rank x worker streams?)"
             )
 
 
@@ -172,6 +199,7 @@ class TrainStream(IterableDataset):
         shuffle_buffer: int,
         seed: int,
         rank: int,
+        world_size: int,
         resume_count: int,
     ):
         self.shards = {lang: list(p) for lang, p in shards.items() if weights.get(lang, 0) > 0}
@@ -183,16 +211,18 @@ class TrainStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.rank = rank
+        self.world_size = world_size
         self.resume_count = resume_count
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker, _ = _worker()
+        worker, workers = _worker()
         rng = random.Random(stream_seed(self.seed, self.rank, worker, self.resume_count))
         stats = S.DataStats()
-        streams = {
-            lang: _resampled(lang, paths, random.Random(rng.getrandbits(64)), stats)
-            for lang, paths in sorted(self.shards.items())
-        }
+        stream, n_streams = self.rank * workers + worker, self.world_size * workers
+        streams = {}
+        for lang, paths in sorted(self.shards.items()):
+            own, keep = stream_share(paths, stream, n_streams)
+            streams[lang] = _resampled(lang, own, keep, random.Random(rng.getrandbits(64)), stats)
         raws = _shuffle(_mix(streams, self.weights, rng), self.shuffle_buffer, rng)
         batches = bucket_batches(
             _decode(raws, self.decoder, stats),
