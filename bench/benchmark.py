@@ -1,0 +1,137 @@
+"""One benchmark run: time everything a profile lists, then write JSON, markdown, PNG, results."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from bench import reference
+from bench.audio import speech_clips
+from bench.encoder import build_encoder, is_real
+from bench.machine import describe_machine, load_average
+from bench.plot import plot_times
+from bench.profiles import Profile
+from bench.report import render_markdown, update_results
+from bench.runner import (
+    clip_seconds,
+    shared_features,
+    time_autoregressive,
+    time_diffusion,
+    time_encoder,
+)
+from bench.summary import comparisons, recommend
+from whisfusion.config import DecodeConfig
+
+# 1-minute load average at the start above which the machine counts as busy with other work.
+BUSY_LOAD = 0.5
+
+
+def _reference_rows(profile: Profile, encoder, clips, threads: int) -> dict:
+    """faster-whisper on the real Whisper-base weights, or why it was not timed."""
+    if profile.device != "cpu":
+        return {"rows": None, "reason": "faster-whisper is the CPU reference; GPU profile skips it"}
+    if not is_real(encoder):
+        return {"rows": None, "reason": "the real Whisper-base weights are not installed"}
+    reason = reference.unavailable_reason()
+    if reason is not None:
+        return {"rows": None, "reason": reason}
+    rows = reference.time_faster_whisper(
+        Path(encoder.source), clips, threads, profile.warmup, profile.repeats, profile.max_time_s
+    )
+    return {"rows": rows, "reason": None}
+
+
+def _settings(profile: Profile, threads: int, encoder, features: torch.Tensor, clips) -> dict:
+    """How the run was set up: grids, repeats, precision, the shared encoder output."""
+    return {
+        "threads": threads,
+        "lengths": list(profile.lengths),
+        "batches": list(profile.batches),
+        "warmup": profile.warmup,
+        "repeats": profile.repeats,
+        "max_time_s": profile.max_time_s,
+        "precision": f"{profile.autocast or 'float32'}"
+        + (" autocast" if profile.autocast else "")
+        + ", SDPA attention",
+        "encoder": encoder.source if is_real(encoder) else profile.encoder.name,
+        "encoder_real_weights": is_real(encoder),
+        "features_frames": int(features.shape[1]),
+        "clip_s": clip_seconds(clips),
+        "pdd": [
+            {
+                "name": run.shape.name,
+                "decoder": vars(run.shape.decoder),
+                "vocab": run.shape.vocab,
+                "settings (batch, T, K)": [list(x) for x in run.settings],
+            }
+            for run in profile.pdd
+        ],
+        "ar": [vars(s) for s in profile.ar],
+    }
+
+
+def write_outputs(result: dict, out_dir: Path | None, results_path: Path | None) -> None:
+    """decoding.json / .md / .png under `out_dir`; this profile's section of `results_path`."""
+    markdown = render_markdown(result)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(result, indent=1) + "\n"
+        (out_dir / "decoding.json").write_text(text, encoding="utf-8")
+        (out_dir / "decoding.md").write_text(markdown, encoding="utf-8")
+        rec = result["summary"]["recommendation"]
+        steps = rec["steps"] if rec else DecodeConfig().steps
+        plot_times(result["measurements"], steps, out_dir / "decoding.png")
+    if results_path is not None:
+        update_results(results_path, result["profile"], markdown)
+
+
+def run_benchmark(
+    profile: Profile,
+    threads: int,
+    out_dir: Path | None,
+    results_path: Path | None,
+    with_reference: bool = True,
+) -> dict:
+    """Time everything in `profile`; write the outputs; return the result dict."""
+    if profile.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available here")
+    torch.set_num_threads(threads)
+    device = torch.device(profile.device)
+    machine = describe_machine(device)
+    started = time.perf_counter()
+
+    clips = speech_clips()
+    encoder = build_encoder(profile.encoder, profile.real_weights)
+    encoder.to(device)
+    rows = time_encoder(profile, encoder, clips[0], device)
+    with torch.inference_mode():
+        features, valid = shared_features(encoder, clips[0], device)
+    rows += time_autoregressive(profile, features, device)
+    rows += time_diffusion(profile, features, valid, device)
+    ref = (
+        _reference_rows(profile, encoder, clips, threads)
+        if with_reference
+        else {"rows": None, "reason": "skipped (--no-reference)"}
+    )
+
+    machine["load_average_at_end"] = load_average()
+    machine["under_load"] = machine["load_average_at_start"][0] >= BUSY_LOAD
+    comps = comparisons(rows)
+    result = {
+        "profile": profile.name,
+        "date": time.strftime("%Y-%m-%d"),
+        "wall_s": round(time.perf_counter() - started, 1),
+        "machine": machine,
+        "settings": _settings(profile, threads, encoder, features, clips),
+        "measurements": rows,
+        "reference": ref,
+        "summary": {
+            "comparisons": comps,
+            "recommendation": recommend(comps, profile.recommend_for, DecodeConfig().steps),
+        },
+    }
+    write_outputs(result, out_dir, results_path)
+    return result

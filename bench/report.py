@@ -1,0 +1,233 @@
+"""Markdown report of a benchmark run, and its section in bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
+
+
+def _machine_line(machine: dict) -> str:
+    device = machine["gpu"] or machine["device"]
+    load = machine["load_average_at_start"]
+    return (
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {device}; torch "
+        f"{machine['versions']['torch']} with {machine['torch_threads']} threads; "
+        f"load average (1/5/15 min) {'/'.join(map(str, load))} at the start, "
+        f"{'/'.join(map(str, machine['load_average_at_end']))} at the end"
+        + (" (**taken while other work ran on the machine**)" if machine["under_load"] else "")
+        + "."
+    )
+
+
+def _settings_lines(result: dict) -> list[str]:
+    s = result["settings"]
+    return [
+        f"Every decoder reads the same encoder output: {s['encoder']} "
+        f"({'real weights' if s['encoder_real_weights'] else 'random weights'}), 30 s window "
+        f"({s['features_frames']} frames) of a {s['clip_s'][0]} s espeak-ng clip, repeated over "
+        f"the batch. {s['precision']}. Decoder weights are random (cost does not depend on them).",
+        "AR: Hugging Face `WhisperForConditionalGeneration`, greedy, KV cache, one token per "
+        "forward, forced to exactly N tokens (no EOS stop). PDD: `pdd_decode` with "
+        "`low_confidence` remasking, K candidates per utterance, T steps, canvas L = N + margin "
+        "rounded up to 8 (the canvas rule). Both: token ids out; detokenizing and choosing "
+        "among candidates are not timed.",
+        f"Each (decoder, batch) is warmed up ({s['warmup']} run) before its timings; each "
+        f"time is the median of {s['repeats']} runs, fewer once they add up to "
+        f"{s['max_time_s']:g} s (at least one). `torch.set_num_threads({s['threads']})`"
+        + (
+            f" (not {result['machine']['cores_usable']}: the other cores were busy with other "
+            "work at the start, and threads that wait on a busy core stall every parallel op)"
+            if s["threads"] < result["machine"]["cores_usable"]
+            else ""
+        )
+        + ", `torch.inference_mode()`.",
+    ]
+
+
+def _summary_lines(result: dict) -> list[str]:
+    rec = result["summary"]["recommendation"]
+    lines = []
+    if rec is not None:
+        verdict = (
+            "the most candidates that keep PDD faster than the AR decoder at every N and batch"
+            if rec["beats_ar"]
+            else "even one candidate is slower than the AR decoder somewhere"
+        )
+        steps_note = (
+            f"T = {rec['tuned_steps']} is the step count the method is tuned for; fewer steps "
+            "are faster but commit more tokens per step, untested for accuracy"
+            if rec["steps"] == rec["tuned_steps"]
+            else f"T = {rec['tuned_steps']} was not measured; the nearest T above it, else the "
+            "largest, stands in"
+        )
+        lines.append(
+            f"**Default for `{rec['pdd']}`: T = {rec['steps']}, K = {rec['candidates']}** "
+            f"({verdict}; {steps_note}). AR time / PDD time:"
+        )
+        for entry in rec["speedup"]:
+            parts = ", ".join(f"N={n}: {x:.1f}x" for n, x in entry["by_length"].items())
+            lines.append(f"- vs {entry['ar']}, batch {entry['batch']}: {parts}")
+    floors = [
+        f"{r['window']} window {_ms(r['median_s'])} ms at batch {r['batch']}"
+        for r in result["measurements"]
+        if r["family"] == "encoder"
+    ]
+    if floors:
+        lines += ["", "Encoder alone, the floor under any decoder: " + "; ".join(floors) + "."]
+    return lines
+
+
+def _crossing_table(comps: Sequence[dict]) -> str:
+    ks = sorted({c["candidates"] for c in comps})
+    groups: dict[tuple, dict[int, str]] = {}
+    for c in comps:
+        key = (c["pdd"], c["ar"], c["batch"], c["steps"])
+        groups.setdefault(key, {})[c["candidates"]] = c["crossing"]["text"]
+    rows = [[*key, *(cells.get(k, "") for k in ks)] for key, cells in groups.items()]
+    return _table(["PDD", "vs AR", "batch", "T", *(f"K={k}" for k in ks)], rows)
+
+
+def _ratio_table(comps: Sequence[dict], lengths: Sequence[int]) -> str:
+    rows = []
+    for c in comps:
+        by_n = dict(zip(c["lengths"], c["ratios"], strict=True))
+        rows.append(
+            [
+                c["pdd"],
+                c["ar"],
+                c["batch"],
+                c["steps"],
+                c["candidates"],
+                *(f"{by_n[n]:.2f}" if n in by_n else "" for n in lengths),
+            ]
+        )
+    return _table(["PDD", "vs AR", "batch", "T", "K", *(f"N={n}" for n in lengths)], rows)
+
+
+def _time_table(rows: Sequence[dict], lengths: Sequence[int]) -> str:
+    groups: dict[tuple, dict[int, float]] = {}
+    for r in rows:
+        if r["family"] in ("ar", "pdd"):
+            key = (
+                r["decoder"],
+                r["family"].upper(),
+                r["batch"],
+                r.get("steps", "-"),
+                r.get("candidates", "-"),
+            )
+            groups.setdefault(key, {})[r["n_tokens"]] = r["median_s"]
+    body = [[*key, *(_ms(t[n]) if n in t else "" for n in lengths)] for key, t in groups.items()]
+    return _table(["decoder", "kind", "batch", "T", "K", *(f"N={n}" for n in lengths)], body)
+
+
+def _encoder_table(rows: Sequence[dict]) -> str:
+    body = [
+        [r["decoder"], r["window"], r["audio_s"], r["frames"], r["batch"], _ms(r["median_s"])]
+        for r in rows
+        if r["family"] == "encoder"
+    ]
+    return _table(["encoder", "window", "clip (s)", "frames", "batch", "ms"], body)
+
+
+def _reference_lines(result: dict) -> list[str]:
+    ref = result["reference"]
+    if ref["rows"] is None:
+        return [f"Not timed: {ref['reason']}."]
+    body = [
+        [
+            r["compute_type"],
+            r["beam_size"],
+            r["clips"],
+            r["audio_s"],
+            _ms(r["median_s"]),
+            f"{r['rtfx']:.1f}",
+            "/".join(map(str, r["tokens_per_clip"])),
+        ]
+        for r in ref["rows"]
+    ]
+    versions = result["machine"]["versions"]
+    return [
+        f"faster-whisper {versions['faster-whisper']} (CTranslate2 {versions['ctranslate2']}) on "
+        "the real Whisper-base weights, end to end (log-mel, 30 s encoder window, decoding, "
+        f"text), the {ref['rows'][0]['clips']} clips one after another, "
+        f"{result['settings']['threads']} threads:",
+        "",
+        _table(["compute", "beam", "clips", "audio (s)", "ms", "RTFx", "tokens per clip"], body),
+    ]
+
+
+def render_markdown(result: dict) -> str:
+    """The whole report: machine, method, summary, ratio / time / encoder / reference tables."""
+    lengths = result["settings"]["lengths"]
+    comps = result["summary"]["comparisons"]
+    parts = [
+        f"## Decoding speed: {result['profile']} profile ({result['date']})",
+        "",
+        _machine_line(result["machine"]),
+        "",
+        *_settings_lines(result),
+        "",
+        "### Summary",
+        "",
+        *_summary_lines(result),
+        "",
+        "Where PDD is faster than AR, by transcript length N (a crossing is estimated between "
+        "the measured lengths in brackets):",
+        "",
+        _crossing_table(comps),
+        "",
+        "### PDD time / AR time (below 1: PDD is faster)",
+        "",
+        _ratio_table(comps, lengths),
+        "",
+        "### Decoder times (ms per batch)",
+        "",
+        _time_table(result["measurements"], lengths),
+        "",
+        "### Encoder alone (the floor for any decoder; ms per batch, log-mel included)",
+        "",
+        _encoder_table(result["measurements"]),
+        "",
+        "### faster-whisper reference",
+        "",
+        *_reference_lines(result),
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def _markers(profile: str) -> tuple[str, str]:
+    return f"<!-- bench:{profile}:start -->", f"<!-- bench:{profile}:end -->"
+
+
+RESULTS_HEADER = (
+    "# Benchmark results\n\n"
+    "Written by `make bench` (CPU) and `python -m bench.decoding --device cuda` (GPU); each run\n"
+    "replaces its own profile's section. Raw measurements: `bench/out/decoding.json`.\n"
+)
+
+
+def update_results(path: Path, profile: str, markdown: str) -> None:
+    """Put `markdown` in `path` as `profile`'s section, keeping every other section."""
+    start, end = _markers(profile)
+    section = f"{start}\n{markdown.strip()}\n{end}"
+    text = path.read_text(encoding="utf-8") if path.is_file() else RESULTS_HEADER
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.DOTALL)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
