@@ -29,6 +29,7 @@ import subprocess
 import time
 import unicodedata
 from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,6 @@ VARIANTS = ["", "m1", "m2", "m3", "m4", "f1", "f2", "f3", "f4"]
 # Speaking rate (words per minute) and pitch (0-99) ranges.
 RATE_WPM = (130, 190)
 PITCH = (35, 65)
-# Words per sentence; how many of the most frequent words are drawn from.
-WORDS = (4, 10)
-TOP_WORDS = 2000
 # Share of sentences with a number (1-99) written out in words.
 NUMBER_SHARE = 0.3
 # Languages written without spaces between words.
@@ -80,6 +78,12 @@ class DemoConfig:
     train_per_lang: int = 300
     # Validation utterances per language.
     valid_per_lang: int = 20
+    # Sentences draw from this many most frequent words per language: small enough that a
+    # CPU-trained model sees each word several times (validation sentences are new word
+    # sequences, never new words).
+    vocabulary: int = 300
+    # Fewest and most words per sentence (plus an optional number).
+    words_per_sentence: list[int] = field(default_factory=lambda: [3, 8])
     # Seed of the sentences, voices, rates and pitches.
     seed: int = 0
     # Synthesis processes.
@@ -127,11 +131,11 @@ def _in_script(script: str):
 
 
 @functools.cache
-def word_list(lang: str) -> list[str]:
-    """Real words of `lang` from its frequency list, in the script espeak-ng reads."""
+def word_list(lang: str, top: int) -> list[str]:
+    """Real words of `lang` among its `top` most frequent, in the script espeak-ng reads."""
     from wordfreq import top_n_list
 
-    words = top_n_list(lang, TOP_WORDS)
+    words = top_n_list(lang, top)
     if lang == "ja":
         words = [_hiragana(w) for w in words]
         keep = _is_kana
@@ -142,8 +146,8 @@ def word_list(lang: str) -> list[str]:
     else:  # frequency lists carry some English and URL fragments: keep the language's script
         keep = _in_script("CYRILLIC" if lang == "ru" else "LATIN")
     out = list(dict.fromkeys(w for w in words if w and keep(w)))
-    if len(out) < 50:
-        raise RuntimeError(f"wordfreq gives only {len(out)} usable words for '{lang}'")
+    if len(out) < 20:
+        raise RuntimeError(f"wordfreq gives only {len(out)} usable words for '{lang}' in its top {top}")
     return out
 
 
@@ -156,9 +160,17 @@ def _number(lang: str, n: int) -> str:
     return num2words(n, lang=lang)
 
 
-def make_sentence(lang: str, rng: random.Random) -> tuple[str, str]:
-    """(transcript, text given to espeak-ng) of one random sentence."""
-    words = rng.sample(word_list(lang), rng.randint(*WORDS))
+def make_sentence(
+    lang: str, rng: random.Random, vocabulary: int = 300, words: Sequence[int] = (3, 8)
+) -> tuple[str, str]:
+    """(transcript, text given to espeak-ng) of one random sentence.
+
+    Args:
+        vocabulary: draw from this many most frequent words of the language.
+        words: fewest and most words (an optional number comes on top).
+    """
+    pool = word_list(lang, vocabulary)
+    words = rng.sample(pool, min(len(pool), rng.randint(*words)))
     if rng.random() < NUMBER_SHARE:
         words.insert(rng.randrange(len(words) + 1), _number(lang, rng.randint(1, 99)))
     if lang == "zh":
@@ -176,13 +188,15 @@ def make_sentence(lang: str, rng: random.Random) -> tuple[str, str]:
     return text + end, text + end
 
 
-def distinct_sentences(lang: str, count: int, rng: random.Random) -> list[tuple[str, str]]:
+def distinct_sentences(
+    lang: str, count: int, rng: random.Random, cfg: DemoConfig
+) -> list[tuple[str, str]]:
     """`count` sentences with pairwise different transcripts."""
     found: dict[str, str] = {}
     for _ in range(100 * count + 100):
         if len(found) == count:
             break
-        text, spoken = make_sentence(lang, rng)
+        text, spoken = make_sentence(lang, rng, cfg.vocabulary, cfg.words_per_sentence)
         found.setdefault(unicodedata.normalize("NFC", text), spoken)
     else:
         raise RuntimeError(f"could not make {count} distinct '{lang}' sentences")
@@ -221,7 +235,7 @@ def build_demo_corpus(out: Path, cfg: DemoConfig) -> Path:
     jobs = []
     for lang in cfg.languages:
         (out / "audio" / lang).mkdir(parents=True)
-        sentences = distinct_sentences(lang, cfg.valid_per_lang + cfg.train_per_lang, rng)
+        sentences = distinct_sentences(lang, cfg.valid_per_lang + cfg.train_per_lang, rng, cfg)
         for i, (text, spoken) in enumerate(sentences):
             split, k = ("valid", i) if i < cfg.valid_per_lang else ("train", i - cfg.valid_per_lang)
             utt_id = f"demo-{lang}-{split}-{k:05d}"

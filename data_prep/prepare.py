@@ -176,6 +176,7 @@ def prepare_demo(
     seed: int,
     *,
     jobs: int = 2,
+    vocabulary: int | None = None,
     canvas: CanvasConfig | None = None,
     max_duration: float | None = None,
 ) -> Path:
@@ -183,6 +184,7 @@ def prepare_demo(
 
     Done stages (and an up-to-date corpus) are skipped, so this is cheap to call before every
     training run. Returns `data_dir` (shards, index.json, tokenizer.model, stats.json).
+    `vocabulary`: words per language the sentences draw from (None: DemoConfig's default).
     """
     data_dir = Path(data_dir)
     demo = DemoConfig(
@@ -192,6 +194,8 @@ def prepare_demo(
         seed=seed,
         jobs=jobs,
     )
+    if vocabulary is not None:
+        demo.vocabulary = vocabulary
     corpus = build_demo_corpus(data_dir / "corpus", demo)
     settings = PrepSettings(
         out=data_dir,
@@ -254,6 +258,9 @@ def _parser() -> argparse.ArgumentParser:
     demo = DemoConfig()
     p.add_argument("--train-per-lang", type=int, default=demo.train_per_lang, help="demo only")
     p.add_argument("--valid-per-lang", type=int, default=demo.valid_per_lang, help="demo only")
+    p.add_argument(
+        "--demo-vocabulary", type=int, default=demo.vocabulary, help="demo only: words per language"
+    )
     return p
 
 
@@ -301,6 +308,7 @@ def main(argv: list[str] | None = None) -> None:
                 s.vocab_size,
                 s.seed,
                 jobs=s.jobs,
+                vocabulary=args.demo_vocabulary,
                 canvas=s.canvas,
                 max_duration=s.max_duration,
             )

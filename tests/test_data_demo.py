@@ -37,7 +37,7 @@ def test_sentences_are_real_words_in_the_script_espeak_reads(lang):
         elif lang == "ja":
             assert spoken.replace(" ", "") + "。" == text
         else:
-            assert spoken == text and 4 <= len(text.split()) <= 11
+            assert spoken == text and 3 <= len(text.split()) <= 9
 
 
 def read_rows(root, split):

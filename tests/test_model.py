@@ -143,3 +143,24 @@ def test_checkpoint_errors(tokenizer, tmp_path):
     torch.save(ckpt, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="sha256"):
         Whisfusion.from_checkpoint(tmp_path / "other.ckpt")
+
+
+def test_feature_cache_encodes_each_utterance_once(tokenizer, tmp_path, monkeypatch):
+    module = WhisfusionModule(
+        Whisfusion.from_config(_cfg(**{"data.feature_cache": str(tmp_path / "cache")}), tokenizer)
+    )
+    calls = []
+    encode = module.model.encode
+    monkeypatch.setattr(module.model, "encode", lambda a, n: calls.append(len(a)) or encode(a, n))
+    batch = _batches(tokenizer, 1)[0]
+    first, valid = module.features(batch)
+    again, valid_again = module.features(batch)
+    assert calls == [2]  # the second call read the cache
+    torch.testing.assert_close(first, again, rtol=0, atol=0)
+    assert torch.equal(valid, valid_again)
+    direct, direct_valid = encode(batch["audio"], batch["audio_lens"])
+    assert torch.equal(valid, direct_valid[:, : valid.shape[1]])
+    torch.testing.assert_close(first[valid], direct[direct_valid], rtol=1e-3, atol=1e-3)  # fp16
+    changed = dict(batch, audio=batch["audio"].flip(1))  # same ids, other audio: not stale
+    module.features(changed)
+    assert calls == [2, 2]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 
 import lightning as L
 import torch
@@ -47,17 +48,22 @@ class WhisfusionModule(L.LightningModule):
 
         Exact: an utterance's features do not depend on its batch (see FrozenWhisperEncoder),
         and the decoder ignores frames outside `valid`, so keeping only valid frames loses
-        nothing.
+        nothing. Entries are keyed by utterance id and a checksum of its audio, so a corpus
+        rebuilt under the same ids never reads stale features.
         """
-        ids = list(batch["ids"])
-        found = self.feature_cache.get(ids)
+        audio, lens = batch["audio"], batch["audio_lens"]
+        keys = [
+            f"{utt_id}-{zlib.crc32(audio[i, : lens[i]].cpu().numpy().tobytes()):08x}"
+            for i, utt_id in enumerate(batch["ids"])
+        ]
+        found = self.feature_cache.get(keys)
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
-            rows = torch.tensor(missing, device=batch["audio"].device)
-            feats, valid = self.model.encode(batch["audio"][rows], batch["audio_lens"][rows])
+            rows = torch.tensor(missing, device=audio.device)
+            feats, valid = self.model.encode(audio[rows], lens[rows])
             # rounded as stored, so a first-seen utterance looks like a cached one
             fresh = [feats[j][valid[j]].to(torch.float16) for j in range(len(missing))]
-            self.feature_cache.put([ids[i] for i in missing], fresh)
+            self.feature_cache.put([keys[i] for i in missing], fresh)
             for j, i in enumerate(missing):
                 found[i] = fresh[j]
         lengths = torch.tensor([len(f) for f in found])
