@@ -28,8 +28,8 @@ import shutil
 import subprocess
 import time
 import unicodedata
-from dataclasses import asdict, dataclass, field
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -147,7 +147,9 @@ def word_list(lang: str, top: int) -> list[str]:
         keep = _in_script("CYRILLIC" if lang == "ru" else "LATIN")
     out = list(dict.fromkeys(w for w in words if w and keep(w)))
     if len(out) < 20:
-        raise RuntimeError(f"wordfreq gives only {len(out)} usable words for '{lang}' in its top {top}")
+        raise RuntimeError(
+            f"wordfreq gives only {len(out)} usable words for '{lang}' in its top {top}"
+        )
     return out
 
 

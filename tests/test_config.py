@@ -17,7 +17,9 @@ def test_shipped_configs_load(name):
 
 
 def test_sizes_are_ordered():
-    widths = [load_config(CONFIGS / f"{n}.yaml").model.decoder.width for n in ("tiny", "demo", "large")]
+    widths = [
+        load_config(CONFIGS / f"{n}.yaml").model.decoder.width for n in ("tiny", "demo", "large")
+    ]
     assert widths == sorted(widths) and widths[-1] == 1024
     large = load_config(CONFIGS / "large.yaml").model.decoder
     assert large.layers == 16
@@ -29,7 +31,9 @@ def test_overrides_apply_after_file():
 
 
 def test_unknown_key_names_closest_match():
-    with pytest.raises(ConfigError, match=r"model\.decoder\.layrs.*did you mean 'model\.decoder\.layers'"):
+    with pytest.raises(
+        ConfigError, match=r"model\.decoder\.layrs.*did you mean 'model\.decoder\.layers'"
+    ):
         load_config(None, ["model.decoder.layrs=3"])
 
 

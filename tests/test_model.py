@@ -34,7 +34,9 @@ def test_overfit_eight_pairs_and_reproduce_greedily():
     cache_in = (feats.repeat(rep, 1, 1), valid.repeat(rep, 1))
     for step in range(200):
         corr = sched.corrupt(targets.repeat(rep, 1), canvas_valid.repeat(rep, 1), V, step, g)
-        loss = diffusion_loss(dec(corr.x_t, dec.cross_cache(*cache_in)), targets.repeat(rep, 1), corr.weights)
+        loss = diffusion_loss(
+            dec(corr.x_t, dec.cross_cache(*cache_in)), targets.repeat(rep, 1), corr.weights
+        )
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -44,9 +46,17 @@ def test_overfit_eight_pairs_and_reproduce_greedily():
     assert torch.nn.functional.cross_entropy(logits.reshape(-1, V), targets.reshape(-1)) < 0.05
     canvas, cvalid = canvas_for([L_CANVAS] * 8, mask_id=V, eos_id=1)
     result = pdd_decode(
-        lambda x, cache: dec(x, cache), dec.cross_cache(feats, valid), canvas, cvalid,
-        mask_id=V, eos_id=1, candidates=1, steps=4, remasking="low_confidence",
-        random_schedule=[1.0], temperature=0.0,
+        lambda x, cache: dec(x, cache),
+        dec.cross_cache(feats, valid),
+        canvas,
+        cvalid,
+        mask_id=V,
+        eos_id=1,
+        candidates=1,
+        steps=4,
+        remasking="low_confidence",
+        random_schedule=[1.0],
+        temperature=0.0,
     )
     assert torch.equal(result.tokens[:, 0], targets)
 
@@ -70,19 +80,30 @@ def _batches(tok, n=4, seed=0):
         audio = torch.randn(2, 16000, generator=g) * 0.1
         ids = [tok.lang_id("en"), *tok.encode("the cat"), 1, 1, 1]
         tokens = torch.tensor([ids + [1] * (16 - len(ids))] * 2)
-        out.append({
-            "audio": audio, "audio_lens": lens, "tokens": tokens,
-            "canvas_valid": torch.ones_like(tokens, dtype=torch.bool),
-            "ids": ["a", "b"], "langs": ["en", "en"], "texts": ["the cat"] * 2,
-            "durations": lens / 16000,
-        })
+        out.append(
+            {
+                "audio": audio,
+                "audio_lens": lens,
+                "tokens": tokens,
+                "canvas_valid": torch.ones_like(tokens, dtype=torch.bool),
+                "ids": ["a", "b"],
+                "langs": ["en", "en"],
+                "texts": ["the cat"] * 2,
+                "durations": lens / 16000,
+            }
+        )
     return out
 
 
 def _fit(module, batches, tmp_path):
     trainer = L.Trainer(
-        max_steps=len(batches), accelerator="cpu", devices=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        max_steps=len(batches),
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(module, DataLoader(batches, batch_size=None))
@@ -96,7 +117,9 @@ def test_encoder_stays_frozen_and_out_of_checkpoint(tokenizer, tmp_path):
     trainer = _fit(module, _batches(tokenizer), tmp_path)
     for k, v in module.model.encoder.state_dict().items():
         assert torch.equal(v, enc_before[k]), k  # bit-identical
-    assert any(not torch.equal(v, dec_before[k]) for k, v in module.model.decoder.state_dict().items())
+    assert any(
+        not torch.equal(v, dec_before[k]) for k, v in module.model.decoder.state_dict().items()
+    )
     assert not module.model.encoder.training and module.training
     opt_params = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert not opt_params & {id(p) for p in module.model.encoder.parameters()}
@@ -120,8 +143,15 @@ def test_checkpoint_round_trip_gives_identical_logits(tokenizer, tmp_path):
             feats, valid = m.encode(batch["audio"], batch["audio_lens"])
             outs.append(m.decoder(batch["tokens"], m.cross_cache(feats, valid)))
     torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
-    texts = [[t.text for t in m.decode_features(*m.encode(batch["audio"], batch["audio_lens"]),
-                                                [1.0, 0.75], ["en", "en"])] for m in (model, again)]
+    texts = [
+        [
+            t.text
+            for t in m.decode_features(
+                *m.encode(batch["audio"], batch["audio_lens"]), [1.0, 0.75], ["en", "en"]
+            )
+        ]
+        for m in (model, again)
+    ]
     assert texts[0] == texts[1]
 
 

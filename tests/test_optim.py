@@ -29,9 +29,13 @@ def test_frozen_parameters_are_left_out():
 def test_warmup_then_cosine():
     f = [lr_factor(s, 10, 110, 0.1) for s in range(120)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(a <= b for a, b in zip(f[:10], f[1:10]))
-    assert all(a >= b for a, b in zip(f[10:110], f[11:111]))
-    assert f[60] == pytest.approx(0.55) and f[110] == pytest.approx(0.1) and f[119] == pytest.approx(0.1)
+    assert all(a <= b for a, b in zip(f[:10], f[1:10], strict=False))
+    assert all(a >= b for a, b in zip(f[10:110], f[11:111], strict=False))
+    assert (
+        f[60] == pytest.approx(0.55)
+        and f[110] == pytest.approx(0.1)
+        and f[119] == pytest.approx(0.1)
+    )
 
 
 def test_build_optimizer_steps_the_schedule():

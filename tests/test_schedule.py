@@ -93,6 +93,8 @@ def test_loss_ignores_unmasked_positions():
     loss = diffusion_loss(logits, targets, w)
     loss.backward()
     assert (logits.grad[~masked] == 0).all() and (logits.grad[masked] != 0).any()
-    ce = torch.nn.functional.cross_entropy(logits.detach().view(-1, 10), targets.view(-1), reduction="none").view(2, 6)
+    ce = torch.nn.functional.cross_entropy(
+        logits.detach().view(-1, 10), targets.view(-1), reduction="none"
+    ).view(2, 6)
     expect = ((ce * masked).sum(1) / (t * 6)).mean()
     assert math.isclose(loss.item(), float(expect), rel_tol=1e-5)

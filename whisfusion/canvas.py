@@ -7,7 +7,7 @@ same length rule, so the model learns on the canvases it will later fill in.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -42,7 +42,9 @@ def build_canvas(
     return torch.tensor(head + [eos_id] * (length - len(head)), dtype=torch.long)
 
 
-def pad_canvases(canvases: Sequence[torch.Tensor], eos_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_canvases(
+    canvases: Sequence[torch.Tensor], eos_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack canvases of different lengths.
 
     Returns:

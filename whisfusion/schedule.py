@@ -64,7 +64,9 @@ def phase_b_weights(masked: torch.Tensor) -> torch.Tensor:
     return masked.float() / count
 
 
-def diffusion_loss(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+def diffusion_loss(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
     """Mean over sequences of the weighted CE. logits (B, L, V), targets (B, L), weights (B, L).
 
     Cross-entropy is evaluated only where the weight is non-zero (the masked positions), so
@@ -95,12 +97,19 @@ class MaskSchedule:
 
     def __init__(self, cfg: ScheduleConfig):
         if not 0.0 <= cfg.high_low <= cfg.high_high <= 1.0:
-            raise ValueError(f"schedule: need 0 <= high_low <= high_high <= 1, got {cfg.high_low}, {cfg.high_high}")
+            raise ValueError(
+                "schedule: need 0 <= high_low <= high_high <= 1, "
+                f"got {cfg.high_low}, {cfg.high_high}"
+            )
         if not 0.0 <= cfg.high_mask_share <= 1.0:
-            raise ValueError(f"schedule.high_mask_share must be in [0, 1], got {cfg.high_mask_share}")
+            raise ValueError(
+                f"schedule.high_mask_share must be in [0, 1], got {cfg.high_mask_share}"
+            )
         self.cfg = cfg
 
-    def phase_b_mask(self, batch: int, step: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    def phase_b_mask(
+        self, batch: int, step: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """(B,) bool: which sequences use phase B at optimizer step `step`."""
         if self.cfg.switch_step >= 0:
             return torch.full((batch,), step >= self.cfg.switch_step)
@@ -114,7 +123,7 @@ class MaskSchedule:
         step: int,
         generator: torch.Generator | None = None,
     ) -> Corruption:
-        """Mask a batch of target canvases. tokens, valid: (B, L) -> Corruption on tokens' device."""
+        """Mask a batch of target canvases: tokens, valid (B, L) -> Corruption on their device."""
         b = tokens.shape[0]
         high = self.phase_b_mask(b, step, generator)
         u = draw_u(b, self.cfg.antithetic, generator)

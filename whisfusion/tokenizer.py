@@ -14,8 +14,8 @@ The serialized model travels inside every checkpoint (`to_bytes` / `from_bytes`)
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import sentencepiece as spm
 
@@ -80,11 +80,11 @@ class Tokenizer:
         return self._proto
 
     @classmethod
-    def from_bytes(cls, proto: bytes) -> "Tokenizer":
+    def from_bytes(cls, proto: bytes) -> Tokenizer:
         return cls(proto)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Tokenizer":
+    def from_file(cls, path: str | Path) -> Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"tokenizer model not found: {path}")

@@ -36,7 +36,9 @@ def resolve_data_paths(cfg: RunConfig) -> None:
     if cfg.model.canvas.r_max <= 0:
         stats = root / "stats.json" if root else None
         if stats is None or not stats.is_file():
-            raise ValueError(f"model.canvas.r_max is 0 and there is no stats.json in data.root ({root})")
+            raise ValueError(
+                f"model.canvas.r_max is 0 and there is no stats.json in data.root ({root})"
+            )
         cfg.model.canvas.r_max = float(json.loads(stats.read_text())["r_max"])
 
 

@@ -43,7 +43,9 @@ class PDDValidation(L.Callback):
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
         self._reset()
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ):
         keep_trajectory = self.cfg.log_trajectory and batch_idx == 0 and trainer.is_global_zero
         langs = list(batch["langs"])
         started = time.perf_counter()
@@ -59,7 +61,9 @@ class PDDValidation(L.Callback):
         )
         self._decode_s += time.perf_counter() - started
         dup = batch.get("dup", torch.zeros(len(langs), dtype=torch.bool)).tolist()
-        for utt_id, lang, ref, tr, is_dup in zip(batch["ids"], langs, batch["texts"], transcripts, dup):
+        for utt_id, lang, ref, tr, is_dup in zip(
+            batch["ids"], langs, batch["texts"], transcripts, dup, strict=False
+        ):
             if is_dup:
                 continue
             self._counts[utt_id] = (lang, utterance_counts(lang, ref, tr.text))
@@ -77,7 +81,9 @@ class PDDValidation(L.Callback):
         self.report = Report(gather_counts(self._counts))  # a collective: every rank calls it
         for lang in self.report.languages():
             metric = metric_of(lang).lower()
-            pl_module.log(f"val/{metric}_{lang}", self.report.per_language[lang].rate, rank_zero_only=True)
+            pl_module.log(
+                f"val/{metric}_{lang}", self.report.per_language[lang].rate, rank_zero_only=True
+            )
         for group, rate in self.report.group_rates().items():
             pl_module.log(f"val/err_{group}", rate, rank_zero_only=True)
         if self.report.average is not None:
@@ -85,7 +91,9 @@ class PDDValidation(L.Callback):
         if self._decode_s > 0:
             pl_module.log("val/rtfx", self._audio_s / self._decode_s, rank_zero_only=True)
         if self.cfg.predict_language and self._lid:
-            pl_module.log("val/language_accuracy", sum(self._lid) / len(self._lid), rank_zero_only=True)
+            pl_module.log(
+                "val/language_accuracy", sum(self._lid) / len(self._lid), rank_zero_only=True
+            )
         if trainer.is_global_zero:
             self._log_text(trainer)
 
@@ -97,10 +105,14 @@ class PDDValidation(L.Callback):
         rows = ["| lang | id | reference | hypothesis |", "|---|---|---|---|"]
         for lang in sorted(self._examples):
             for utt_id, ref, hyp in self._examples[lang]:
-                rows.append(f"| {lang} | {utt_id} | {_markdown_escape(ref)} | {_markdown_escape(hyp)} |")
+                rows.append(
+                    f"| {lang} | {utt_id} | {_markdown_escape(ref)} | {_markdown_escape(hyp)} |"
+                )
         experiment.add_text("val/examples", "\n".join(rows), step)
         if self.report is not None:
             experiment.add_text("val/report", self.report.to_markdown(), step)
         if self._trajectory:
-            lines = [f"step {i + 1}: `{_markdown_escape(c)}`  " for i, c in enumerate(self._trajectory)]
+            lines = [
+                f"step {i + 1}: `{_markdown_escape(c)}`  " for i, c in enumerate(self._trajectory)
+            ]
             experiment.add_text("val/trajectory", "\n".join(lines), step)

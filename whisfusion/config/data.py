@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 
 @dataclass
@@ -35,4 +34,4 @@ class DataConfig:
     # Seed of the data stream (combined with rank, worker and step).
     seed: int = 1234
     # Validation utterances per language at most (None = all).
-    val_max_per_language: Optional[int] = None
+    val_max_per_language: int | None = None

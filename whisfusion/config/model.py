@@ -7,7 +7,6 @@ only state what differs from these defaults.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 
 @dataclass
@@ -102,4 +101,4 @@ class ModelConfig:
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     # Optional name of the size preset this config was built from (informational).
-    size: Optional[str] = None
+    size: str | None = None

@@ -19,8 +19,8 @@ import torch
 from braceexpand import braceexpand
 from torch.utils.data import DataLoader
 
-from whisfusion.config import CanvasConfig, DataConfig
 from whisfusion.callbacks.preemption import ignore_stop_signals
+from whisfusion.config import CanvasConfig, DataConfig
 from whisfusion.data.samples import ExampleDecoder
 from whisfusion.data.shards import read_index
 from whisfusion.data.stats import DataStats, StatsReport
