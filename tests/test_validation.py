@@ -1,0 +1,44 @@
+"""Periodic PDD validation inside a real (tiny) training run: what reaches TensorBoard."""
+
+from __future__ import annotations
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from train_fixtures import TINY, tiny_data_dir
+
+from whisfusion.config import load_config
+from whisfusion.train import run_training
+
+
+def test_validation_logs_scores_examples_and_trajectory(tmp_path, capsys):
+    data = tiny_data_dir(tmp_path / "data")
+    cfg = load_config(
+        TINY,
+        [
+            f"data.root={data}",
+            f"trainer.run_dir={tmp_path / 'run'}",
+            "trainer.max_steps=4",
+            "trainer.progress_bar=false",
+            "validation.every_n_steps=2",
+            "validation.examples_per_language=1",
+            "data.num_workers=0",
+        ],
+    )
+    run_dir = run_training(cfg)
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    for tag in ["val/wer_en", "val/wer_de", "val/err_english", "val/wer_avg", "val/rtfx"]:
+        assert tag in scalars, sorted(scalars)
+    # every 2 steps, plus the closing validation
+    steps = [e.step for e in events.Scalars("val/wer_avg")]
+    assert len(steps) == 3 and steps == sorted(steps) and steps[-1] == 4
+    texts = set(events.Tags()["tensors"])
+    assert {"val/examples/text_summary", "val/trajectory/text_summary"} <= texts, texts
+    table = events.Tensors("val/examples/text_summary")[-1].tensor_proto.string_val[0].decode()
+    assert "| en |" in table and "| de |" in table
+    trajectory = events.Tensors("val/trajectory/text_summary")[-1].tensor_proto.string_val[0]
+    assert trajectory.decode().count("step ") == cfg.decode.steps
+    out = capsys.readouterr().out
+    assert "== validation (PDD) ==" in out and "| en | WER |" in out
+    assert "last.ckpt" in out and (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "config.yaml").read_text().count("max_steps: 4") == 1
