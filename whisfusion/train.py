@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -24,6 +25,11 @@ from whisfusion.tokenizer import Tokenizer
 from whisfusion.validation import PDDValidation
 
 log = logging.getLogger("whisfusion.train")
+
+# The frozen encoder is in eval mode on purpose; Lightning warns about any eval-mode module.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+# Lightning 2.6 calls a pytree API that torch 2.11 deprecated; nothing for users to act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def resolve_data_paths(cfg: RunConfig) -> None:
