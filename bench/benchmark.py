@@ -10,6 +10,7 @@ import torch
 
 from bench import reference
 from bench.audio import speech_clips
+from bench.ct2 import time_ct2_decoders
 from bench.encoder import build_encoder, is_real
 from bench.machine import describe_machine, load_average
 from bench.plot import plot_times
@@ -29,22 +30,20 @@ from whisfusion.config import DecodeConfig
 BUSY_LOAD = 0.5
 
 
-def _reference_rows(profile: Profile, encoder, clips, threads: int) -> dict:
-    """faster-whisper on the real Whisper-base weights, or why it was not timed."""
+def _reference_unavailable(profile: Profile, encoder, with_reference: bool) -> str | None:
+    """Why CTranslate2 / faster-whisper are not timed, or None when they are."""
+    if not with_reference:
+        return "skipped (--no-reference)"
     if profile.device != "cpu":
-        return {"rows": None, "reason": "faster-whisper is the CPU reference; GPU profile skips it"}
+        return "faster-whisper is the CPU reference; the GPU profile skips it"
     if not is_real(encoder):
-        return {"rows": None, "reason": "the real Whisper-base weights are not installed"}
-    reason = reference.unavailable_reason()
-    if reason is not None:
-        return {"rows": None, "reason": reason}
-    rows = reference.time_faster_whisper(
-        Path(encoder.source), clips, threads, profile.warmup, profile.repeats, profile.max_time_s
-    )
-    return {"rows": rows, "reason": None}
+        return "the real Whisper-base weights are not installed"
+    return reference.unavailable_reason()
 
 
-def _settings(profile: Profile, threads: int, encoder, features: torch.Tensor, clips) -> dict:
+def _settings(
+    profile: Profile, threads: int, encoder, features: torch.Tensor, clips, audio_source: str
+) -> dict:
     """How the run was set up: grids, repeats, precision, the shared encoder output."""
     return {
         "threads": threads,
@@ -60,6 +59,7 @@ def _settings(profile: Profile, threads: int, encoder, features: torch.Tensor, c
         "encoder_real_weights": is_real(encoder),
         "features_frames": int(features.shape[1]),
         "clip_s": clip_seconds(clips),
+        "audio": audio_source,
         "pdd": [
             {
                 "name": run.shape.name,
@@ -103,19 +103,23 @@ def run_benchmark(
     machine = describe_machine(device)
     started = time.perf_counter()
 
-    clips = speech_clips()
+    clips, audio_source = speech_clips()
     encoder = build_encoder(profile.encoder, profile.real_weights)
     encoder.to(device)
     rows = time_encoder(profile, encoder, clips[0], device)
     with torch.inference_mode():
         features, valid = shared_features(encoder, clips[0], device)
     rows += time_autoregressive(profile, features, device)
+    reason = _reference_unavailable(profile, encoder, with_reference)
+    model_dir = Path(encoder.source)
+    if reason is None:
+        rows += time_ct2_decoders(profile, model_dir, features, threads)
     rows += time_diffusion(profile, features, valid, device)
-    ref = (
-        _reference_rows(profile, encoder, clips, threads)
-        if with_reference
-        else {"rows": None, "reason": "skipped (--no-reference)"}
-    )
+    ref = {"rows": None, "reason": reason}
+    if reason is None:
+        ref["rows"] = reference.time_faster_whisper(
+            model_dir, clips, threads, profile.warmup, profile.repeats, profile.max_time_s
+        )
 
     machine["load_average_at_end"] = load_average()
     machine["under_load"] = machine["load_average_at_start"][0] >= BUSY_LOAD
@@ -125,12 +129,14 @@ def run_benchmark(
         "date": time.strftime("%Y-%m-%d"),
         "wall_s": round(time.perf_counter() - started, 1),
         "machine": machine,
-        "settings": _settings(profile, threads, encoder, features, clips),
+        "settings": _settings(profile, threads, encoder, features, clips, audio_source),
         "measurements": rows,
         "reference": ref,
         "summary": {
             "comparisons": comps,
-            "recommendation": recommend(comps, profile.recommend_for, DecodeConfig().steps),
+            "recommendation": recommend(
+                comps, profile.recommend_for, DecodeConfig().steps, [s.name for s in profile.ar]
+            ),
         },
     }
     write_outputs(result, out_dir, results_path)

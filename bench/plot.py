@@ -19,7 +19,7 @@ def plot_times(rows: Sequence[dict], steps: int, path: Path) -> None:
     sizes = list(dict.fromkeys(r["decoder"] for r in rows if r["family"] == "pdd"))
     ks = sorted({r["candidates"] for r in rows if r["family"] == "pdd"})
     colors = plt.get_cmap("viridis")
-    fig, axes = plt.subplots(1, len(batches), figsize=(6.5 * len(batches), 5), squeeze=False)
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches) + 3.5, 5), squeeze=False)
     for ax, batch in zip(axes[0], batches, strict=True):
         for i, name in enumerate(dict.fromkeys(r["decoder"] for r in rows if r["family"] == "ar")):
             pts = sorted(
@@ -72,8 +72,13 @@ def plot_times(rows: Sequence[dict], steps: int, path: Path) -> None:
         ax.set_xticks(lengths, [str(n) for n in lengths])
         ax.minorticks_off()
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+    # one legend for both panels, beside them, so that it hides no line
+    labelled = {}
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    fig.legend(labelled.values(), labelled.keys(), loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.8, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

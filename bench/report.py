@@ -36,10 +36,17 @@ def _settings_lines(result: dict) -> list[str]:
     return [
         f"Every decoder reads the same encoder output: {s['encoder']} "
         f"({'real weights' if s['encoder_real_weights'] else 'random weights'}), 30 s window "
-        f"({s['features_frames']} frames) of a {s['clip_s'][0]} s espeak-ng clip, repeated over "
+        f"({s['features_frames']} frames) of a {s['clip_s'][0]} s {s['audio']} clip, repeated over "
         f"the batch. {s['precision']}. Decoder weights are random (cost does not depend on them).",
-        "AR: Hugging Face `WhisperForConditionalGeneration`, greedy, KV cache, one token per "
-        "forward, forced to exactly N tokens (no EOS stop). PDD: `pdd_decode` with "
+        "AR: Hugging Face `WhisperForConditionalGeneration` with random weights, greedy, KV "
+        "cache, one token per forward, forced to exactly N tokens (no EOS stop)"
+        + (
+            "; also Whisper-base in CTranslate2 (faster-whisper's engine, real weights, "
+            "`ct2 float32` / `ct2 int8`), the same forced greedy decoding"
+            if any(" ct2 " in r["decoder"] for r in result["measurements"])
+            else ""
+        )
+        + ". PDD: `pdd_decode` with "
         "`low_confidence` remasking, K candidates per utterance, T steps, canvas L = N + margin "
         "rounded up to 8 (the canvas rule). Both: token ids out; detokenizing and choosing "
         "among candidates are not timed.",
@@ -60,10 +67,11 @@ def _summary_lines(result: dict) -> list[str]:
     rec = result["summary"]["recommendation"]
     lines = []
     if rec is not None:
+        judge = " and ".join(f"the {name} AR decoder" for name in rec["judged_against"])
         verdict = (
-            "the most candidates that keep PDD faster than the AR decoder at every N and batch"
+            f"the most candidates that keep PDD faster than {judge} at every N and batch"
             if rec["beats_ar"]
-            else "even one candidate is slower than the AR decoder somewhere"
+            else f"even one candidate is slower than {judge} somewhere"
         )
         steps_note = (
             f"T = {rec['tuned_steps']} is the step count the method is tuned for; fewer steps "
@@ -171,7 +179,9 @@ def _reference_lines(result: dict) -> list[str]:
 def render_markdown(result: dict) -> str:
     """The whole report: machine, method, summary, ratio / time / encoder / reference tables."""
     lengths = result["settings"]["lengths"]
-    comps = result["summary"]["comparisons"]
+    # the tables compare with the profile's own AR decoders (same framework and precision)
+    own = {shape["name"] for shape in result["settings"]["ar"]}
+    comps = [c for c in result["summary"]["comparisons"] if c["ar"] in own]
     parts = [
         f"## Decoding speed: {result['profile']} profile ({result['date']})",
         "",

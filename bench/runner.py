@@ -33,7 +33,8 @@ def autocast(profile: Profile, device: torch.device) -> contextlib.AbstractConte
     return torch.autocast(device.type, dtype=getattr(torch, profile.autocast))
 
 
-def _measure(profile: Profile, device: torch.device, fn: Callable[[], object], **fields) -> dict:
+def measure(profile: Profile, device: torch.device, fn: Callable[[], object], **fields) -> dict:
+    """Time `fn` as the profile says; one measurement row: `fields` plus the timings."""
     with autocast(profile, device), torch.inference_mode():
         timing = time_call(
             fn, device, warmup=0, repeats=profile.repeats, max_time_s=profile.max_time_s
@@ -48,7 +49,7 @@ def _measure(profile: Profile, device: torch.device, fn: Callable[[], object], *
     }
 
 
-def _warm_up(profile: Profile, device: torch.device, fn: Callable[[], object]) -> object:
+def warm_up(profile: Profile, device: torch.device, fn: Callable[[], object]) -> object:
     """Run `fn` `profile.warmup` times untimed; return its last output."""
     with autocast(profile, device), torch.inference_mode():
         for _ in range(profile.warmup):
@@ -66,12 +67,10 @@ def time_encoder(
     rows = []
     for window in ("full", "trim"):
         windowed = with_window(encoder, window)
-        features, _ = _warm_up(
-            profile, device, partial(windowed.encode, *batch_of(clip, 1, device))
-        )
+        features, _ = warm_up(profile, device, partial(windowed.encode, *batch_of(clip, 1, device)))
         for batch in profile.batches:
             rows.append(
-                _measure(
+                measure(
                     profile,
                     device,
                     partial(windowed.encode, *batch_of(clip, batch, device)),
@@ -99,10 +98,10 @@ def time_autoregressive(
         model = build_whisper(shape, device)
         for batch in profile.batches:
             feats = features.expand(batch, -1, -1).contiguous()
-            _warm_up(profile, device, partial(greedy_tokens, model, feats, min(profile.lengths)))
+            warm_up(profile, device, partial(greedy_tokens, model, feats, min(profile.lengths)))
             for n in profile.lengths:
                 rows.append(
-                    _measure(
+                    measure(
                         profile,
                         device,
                         partial(greedy_tokens, model, feats, n),
@@ -132,12 +131,12 @@ def time_diffusion(
             feats = features.expand(batch, -1, -1).contiguous()
             mask = valid.expand(batch, -1).contiguous()
             decode = partial(pdd_tokens, decoder, feats, mask, generator=generator, candidates=k)
-            _warm_up(profile, device, partial(decode, shortest, min(all_steps)))
+            warm_up(profile, device, partial(decode, shortest, min(all_steps)))
             for steps in all_steps:
                 for n in profile.lengths:
                     length = canvas_for_tokens(n)
                     rows.append(
-                        _measure(
+                        measure(
                             profile,
                             device,
                             partial(decode, length, steps),

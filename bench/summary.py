@@ -108,16 +108,20 @@ def comparisons(rows: Sequence[dict]) -> list[dict]:
     return out
 
 
-def recommend(comps: Sequence[dict], size: str, tuned_steps: int) -> dict | None:
-    """The default (T, K) for diffusion decoder `size`.
+def recommend(
+    comps: Sequence[dict], size: str, tuned_steps: int, against: Sequence[str]
+) -> dict | None:
+    """The default (T, K) for diffusion decoder `size`, judged against the AR decoders `against`.
 
     T: the smallest measured T >= `tuned_steps` (the step count the method is tuned for; fewer
     steps are faster but commit more tokens per step, untested for accuracy), else the largest
-    measured. K: the most candidates that keep PDD faster than every AR decoder at every
+    measured. K: the most candidates that keep PDD faster than each of `against` at every
     measured length and batch size (more candidates give the selection more to choose from);
-    K = 1 with `beats_ar` False when even one candidate does not.
+    K = 1 with `beats_ar` False when even one candidate does not. The speedups listed cover
+    every AR decoder measured.
     """
-    rows = [c for c in comps if c["pdd"] == size]
+    every_ar = [c for c in comps if c["pdd"] == size]
+    rows = [c for c in every_ar if c["ar"] in against]
     if not rows:
         return None
     batches = {c["batch"] for c in rows}
@@ -130,13 +134,19 @@ def recommend(comps: Sequence[dict], size: str, tuned_steps: int) -> dict | None
     ] or measured
     steps = min((t for t in common if t >= tuned_steps), default=max(common))
     ks = sorted({c["candidates"] for c in rows if c["steps"] == steps}, reverse=True)
-    for k in ks:
-        chosen = [c for c in rows if c["steps"] == steps and c["candidates"] == k]
-        if all(r < 1.0 for c in chosen for r in c["ratios"]):
-            return _recommendation(size, steps, tuned_steps, k, chosen, beats_ar=True)
-    k = ks[-1]
-    chosen = [c for c in rows if c["steps"] == steps and c["candidates"] == k]
-    return _recommendation(size, steps, tuned_steps, k, chosen, beats_ar=False)
+    beats = {
+        k: all(
+            r < 1.0
+            for c in rows
+            if c["steps"] == steps and c["candidates"] == k
+            for r in c["ratios"]
+        )
+        for k in ks
+    }
+    k = next((k for k in ks if beats[k]), ks[-1])
+    chosen = [c for c in every_ar if c["steps"] == steps and c["candidates"] == k]
+    rec = _recommendation(size, steps, tuned_steps, k, chosen, beats_ar=beats[k])
+    return {**rec, "judged_against": list(against)}
 
 
 def _recommendation(

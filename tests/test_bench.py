@@ -6,18 +6,20 @@ No timing is asserted: only that every measurement is made and the outputs are w
 import dataclasses
 import json
 import math
-import shutil
 
 import pytest
 import torch
 
 from whisfusion.cli import build_parser
 from whisfusion.commands.bench import load_benchmark
+from whisfusion.encoder.pypi_weights import whisper_base_dir
 
 decoding = load_benchmark()  # puts the checkout root on sys.path for the imports below
 
+from bench import audio  # noqa: E402
 from bench.ar import PROMPT, build_whisper, greedy_tokens  # noqa: E402
 from bench.benchmark import run_benchmark  # noqa: E402
+from bench.ct2 import ct2_tokens  # noqa: E402
 from bench.pdd import build_diffusion_decoder, canvas_for_tokens, pdd_tokens  # noqa: E402
 from bench.profiles import (  # noqa: E402
     ARShape,
@@ -31,8 +33,6 @@ from bench.profiles import (  # noqa: E402
 )
 from bench.report import update_results  # noqa: E402
 from bench.summary import crossing, recommend  # noqa: E402
-
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 
 # Whisper's vocabulary (the prompt ids live at its end), everything else tiny.
 TINY_AR = ARShape("tiny-ar", width=64, layers=2, heads=2, ffn=128, vocab=51865, n_mels=80)
@@ -64,7 +64,6 @@ def restore_threads():
     torch.set_num_threads(threads)
 
 
-@needs_espeak
 def test_tiny_run_writes_every_measurement_and_well_formed_outputs(tmp_path):
     profile = tiny_profile()
     out, results = tmp_path / "out", tmp_path / "RESULTS.md"
@@ -100,7 +99,6 @@ def test_tiny_run_writes_every_measurement_and_well_formed_outputs(tmp_path):
     assert "<!-- bench:cpu:start -->" in results.read_text()
 
 
-@needs_espeak
 def test_gpu_profile_path_runs_under_bf16_autocast(tmp_path):
     # The GPU profile differs from the CPU one only in device and autocast: run that on the CPU.
     profile = tiny_profile(
@@ -114,6 +112,15 @@ def test_gpu_profile_path_runs_under_bf16_autocast(tmp_path):
     assert result["settings"]["precision"].startswith("bfloat16 autocast")
     assert len([r for r in result["measurements"] if r["family"] == "pdd"]) == 1
     assert (tmp_path / "decoding.png").is_file()
+
+
+def test_synthetic_clips_stand_in_without_espeak(monkeypatch):
+    monkeypatch.setattr(audio.shutil, "which", lambda name: None)
+    clips, source = audio.speech_clips()
+    assert source == "synthetic" and len(clips) == len(audio.SENTENCES)
+    for clip, seconds in zip(clips, audio.SYNTHETIC_SECONDS, strict=True):
+        assert clip.dtype == torch.float32 and clip.numel() == round(seconds * 16000)
+        assert 0 < float(clip.abs().max()) < 1
 
 
 def test_decoders_return_the_tokens_they_were_asked_for_under_autocast():
@@ -135,6 +142,19 @@ def test_decoders_return_the_tokens_they_were_asked_for_under_autocast():
         greedy = greedy_tokens(whisper, features, 5)
     assert ids.shape == (2, 3, 16) and int(ids.max()) < shape.vocab  # no [MASK] left
     assert greedy.shape == (2, 5)
+
+
+def test_ctranslate2_decoder_emits_exactly_the_forced_number_of_tokens():
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    try:
+        model_dir = whisper_base_dir()
+    except (FileNotFoundError, ValueError):
+        pytest.skip("the real Whisper-base weights are not installed")
+    model = ctranslate2.models.Whisper(str(model_dir), compute_type="int8", intra_threads=1)
+    features = torch.randn(2, 1500, 512, generator=torch.Generator().manual_seed(0)).numpy()
+    encoded = ctranslate2.StorageView.from_array(features)
+    for n in (3, 7):
+        assert [len(ids) for ids in ct2_tokens(model, encoded, 2, n)] == [n, n]
 
 
 def test_greedy_loop_with_kv_cache_is_greedy_decoding():
@@ -167,10 +187,10 @@ def test_crossing_says_where_pdd_and_ar_change_places():
         crossing([32, 16], [1.0, 1.0])
 
 
-def _comparison(batch, steps, k, ratios):
+def _comparison(batch, steps, k, ratios, ar="ar"):
     return {
         "pdd": "demo",
-        "ar": "ar",
+        "ar": ar,
         "batch": batch,
         "steps": steps,
         "candidates": k,
@@ -188,11 +208,14 @@ def test_recommend_takes_the_most_candidates_that_stay_faster_everywhere():
         _comparison(1, 4, 8, [0.8, 0.6]),
         _comparison(16, 4, 8, [1.2, 0.9]),  # loses at N=16
         _comparison(1, 1, 8, [0.1, 0.1]),  # T = 1 is never the default: below the tuned T
+        _comparison(1, 4, 4, [3.0, 2.0], ar="other"),  # not judged against, but reported
     ]
-    rec = recommend(comps, "demo", tuned_steps=4)
+    rec = recommend(comps, "demo", tuned_steps=4, against=["ar"])
     assert (rec["steps"], rec["candidates"], rec["beats_ar"]) == (4, 4, True)
-    assert rec["speedup"][0]["by_length"]["16"] == pytest.approx(2.0)
-    slow = recommend([_comparison(1, 4, 1, [1.5]), _comparison(1, 4, 8, [3.0])], "demo", 4)
+    speedup = {(s["ar"], s["batch"]): s["by_length"] for s in rec["speedup"]}
+    assert speedup[("ar", 1)]["16"] == pytest.approx(2.0)
+    assert speedup[("other", 1)]["64"] == pytest.approx(0.5)
+    slow = recommend([_comparison(1, 4, 1, [1.5]), _comparison(1, 4, 8, [3.0])], "demo", 4, ["ar"])
     assert (slow["candidates"], slow["beats_ar"]) == (1, False)
 
 
