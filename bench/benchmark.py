@@ -55,7 +55,8 @@ def _settings(
         "precision": f"{profile.autocast or 'float32'}"
         + (" autocast" if profile.autocast else "")
         + ", SDPA attention",
-        "encoder": encoder.source if is_real(encoder) else profile.encoder.name,
+        "encoder": profile.encoder.name,
+        "encoder_source": encoder.source,
         "encoder_real_weights": is_real(encoder),
         "features_frames": int(features.shape[1]),
         "clip_s": clip_seconds(clips),

@@ -18,12 +18,16 @@ def _ms(seconds: float) -> str:
     return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
 
 
+def _threads(n: int) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
 def _machine_line(machine: dict) -> str:
     device = machine["gpu"] or machine["device"]
     load = machine["load_average_at_start"]
     return (
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {device}; torch "
-        f"{machine['versions']['torch']} with {machine['torch_threads']} threads; "
+        f"{machine['versions']['torch']} with {_threads(machine['torch_threads'])}; "
         f"load average (1/5/15 min) {'/'.join(map(str, load))} at the start, "
         f"{'/'.join(map(str, machine['load_average_at_end']))} at the end"
         + (" (**taken while other work ran on the machine**)" if machine["under_load"] else "")
@@ -34,10 +38,11 @@ def _machine_line(machine: dict) -> str:
 def _settings_lines(result: dict) -> list[str]:
     s = result["settings"]
     return [
-        f"Every decoder reads the same encoder output: {s['encoder']} "
-        f"({'real weights' if s['encoder_real_weights'] else 'random weights'}), 30 s window "
+        f"Every decoder reads the same encoder output: the {s['encoder']} encoder "
+        f"({'real' if s['encoder_real_weights'] else 'random'} weights) on the 30 s window "
         f"({s['features_frames']} frames) of a {s['clip_s'][0]} s {s['audio']} clip, repeated over "
-        f"the batch. {s['precision']}. Decoder weights are random (cost does not depend on them).",
+        f"the batch. {s['precision']}. The Transformers and PDD decoders have random weights "
+        "(their cost does not depend on them).",
         "AR: Hugging Face `WhisperForConditionalGeneration` with random weights, greedy, KV "
         "cache, one token per forward, forced to exactly N tokens (no EOS stop)"
         + (
@@ -67,7 +72,7 @@ def _summary_lines(result: dict) -> list[str]:
     rec = result["summary"]["recommendation"]
     lines = []
     if rec is not None:
-        judge = " and ".join(f"the {name} AR decoder" for name in rec["judged_against"])
+        judge = " and ".join(f"the Transformers {name} decoder" for name in rec["judged_against"])
         verdict = (
             f"the most candidates that keep PDD faster than {judge} at every N and batch"
             if rec["beats_ar"]
@@ -170,7 +175,7 @@ def _reference_lines(result: dict) -> list[str]:
         f"faster-whisper {versions['faster-whisper']} (CTranslate2 {versions['ctranslate2']}) on "
         "the real Whisper-base weights, end to end (log-mel, 30 s encoder window, decoding, "
         f"text), the {ref['rows'][0]['clips']} clips one after another, "
-        f"{result['settings']['threads']} threads:",
+        f"{_threads(result['settings']['threads'])}:",
         "",
         _table(["compute", "beam", "clips", "audio (s)", "ms", "RTFx", "tokens per clip"], body),
     ]
