@@ -1,0 +1,91 @@
+"""End to end on a small demo corpus: espeak-ng audio -> shards -> CPU training on the real
+Whisper-base encoder -> `whisfusion evaluate`. The trained model must beat the untrained one
+clearly on held-out sentences (measured on 2 cores: untrained 1.14, trained about 0.90 mean error
+rate over en/de WER and zh CER; the untrained model's insertions push it above 1)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from model_fixtures import save_checkpoint
+
+from data_prep.prepare import prepare_demo
+from whisfusion.cli import main as cli
+from whisfusion.config import load_config
+from whisfusion.model import Whisfusion
+from whisfusion.tokenizer import Tokenizer
+from whisfusion.train import run_training
+
+pytestmark = pytest.mark.slow
+
+LANGS = ["en", "de", "zh"]
+
+
+def _cer_like(results: dict) -> float:
+    """Mean over languages of their error rate (WER for en/de, CER for zh)."""
+    langs = results["scores"]["languages"]
+    return sum(v["error_rate"] for v in langs.values()) / len(langs)
+
+
+def test_demo_training_beats_untrained_model(tmp_path):
+    data = prepare_demo(
+        tmp_path / "data",
+        LANGS,
+        train_per_lang=60,
+        valid_per_lang=8,
+        vocab_size=400,
+        seed=0,
+        jobs=2,
+        vocabulary=20,
+    )
+    cfg = load_config(
+        "configs/demo.yaml",
+        [
+            f"data.root={data}",
+            f"data.feature_cache={tmp_path / 'cache'}",
+            f"trainer.run_dir={tmp_path / 'run'}",
+            "model.tokenizer.vocab_size=400",
+            "model.decoder.layers=2",
+            "model.decoder.width=128",
+            "model.decoder.dropout=0.2",
+            "data.batch_size=16",
+            "data.num_workers=0",
+            "trainer.max_steps=800",
+            "optim.warmup_steps=20",
+            "validation.every_n_steps=0",
+            "trainer.progress_bar=false",
+        ],
+    )
+    run_dir = run_training(cfg)
+
+    torch.manual_seed(0)
+    untrained = Whisfusion.from_config(cfg, Tokenizer.from_file(data / "tokenizer.model"))
+    save_checkpoint(untrained, tmp_path / "untrained.ckpt")
+    scores = {}
+    for name, ckpt in [
+        ("untrained", tmp_path / "untrained.ckpt"),
+        ("trained", run_dir / "checkpoints" / "last.ckpt"),
+    ]:
+        out = tmp_path / f"eval-{name}"
+        cli(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(ckpt),
+                "--data",
+                str(data),
+                "--output-dir",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        scores[name] = _cer_like(json.loads((out / "results.json").read_text()))
+    print(
+        f"demo e2e: mean error rate untrained {scores['untrained']:.3f}, "
+        f"trained {scores['trained']:.3f}"
+    )
+    assert scores["untrained"] > 0.95
+    assert scores["trained"] < scores["untrained"] - 0.15
