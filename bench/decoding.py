@@ -63,7 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="stop repeating once a measurement's timed runs add up to S seconds",
     )
-    p.add_argument("--no-reference", action="store_true", help="do not time faster-whisper")
+    p.add_argument(
+        "--no-reference", action="store_true", help="do not time CTranslate2 or faster-whisper"
+    )
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (%(default)s)")
     p.add_argument(
         "--results",
