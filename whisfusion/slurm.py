@@ -1,6 +1,6 @@
 """SLURM: the batch script of a training job, its submission, and the in-job environment.
 
-`render_sbatch` fills the template `whisfusion/slurm/train.sbatch` (string.Template): one task
+`render_sbatch` fills the template `whisfusion/templates/train.sbatch` (string.Template): one task
 per GPU (`--ntasks-per-node` = `--gpus-per-node`), `srun whisfusion train ...`, SIGUSR1 some
 seconds before the time limit, `--requeue`, and logs in the run directory. The run directory
 is the config's `trainer.run_dir`, not a timestamp, so a requeued job finds its own
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from string import Template
 
-TEMPLATE = Path(__file__).with_name("slurm") / "train.sbatch"
+TEMPLATE = Path(__file__).with_name("templates") / "train.sbatch"
 # Seconds before the time limit at which SLURM sends SIGUSR1: enough to finish the current
 # step (and a validation run, when one is under way), save and requeue.
 SIGNAL_SECONDS = 180
