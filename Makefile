@@ -57,8 +57,8 @@ slurm: setup
 	  $(SLURM_ARGS) $(if $(DRY_RUN),--dry-run) $(ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check whisfusion data_prep tests
-	$(VENV)/bin/ruff format --check whisfusion data_prep tests
+	$(VENV)/bin/ruff check whisfusion data_prep tests bench
+	$(VENV)/bin/ruff format --check whisfusion data_prep tests bench
 
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --bind_all
