@@ -21,13 +21,23 @@ def test_validation_logs_scores_examples_and_trajectory(tmp_path, capsys):
             "validation.every_n_steps=2",
             "validation.examples_per_language=1",
             "data.num_workers=0",
+            "trainer.log_every_n_steps=1",
         ],
     )
     run_dir = run_training(cfg)
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
     events.Reload()
     scalars = set(events.Tags()["scalars"])
-    for tag in ["val/wer_en", "val/wer_de", "val/err_english", "val/wer_avg", "val/rtfx"]:
+    for tag in [
+        "val/wer_en",
+        "val/wer_de",
+        "val/err_english",
+        "val/wer_avg",
+        "val/rtfx",
+        "data/train/read",
+        "data/train/kept",
+        "data/train/skipped/nan_audio",
+    ]:
         assert tag in scalars, sorted(scalars)
     # every 2 steps, plus the closing validation
     steps = [e.step for e in events.Scalars("val/wer_avg")]
@@ -42,3 +52,5 @@ def test_validation_logs_scores_examples_and_trajectory(tmp_path, capsys):
     assert "== validation (PDD) ==" in out and "| en | WER |" in out
     assert "last.ckpt" in out and (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert (run_dir / "config.yaml").read_text().count("max_steps: 4") == 1
+    kept = events.Scalars("data/train/kept")[-1].value
+    assert kept >= 3 * cfg.data.batch_size  # counted batches of the stream, not zeros

@@ -12,6 +12,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 
+from whisfusion.callbacks.data_stats import DataStatsLogger
 from whisfusion.callbacks.ema import EMA
 from whisfusion.callbacks.preemption import StopOnSignal, TrainingStopped
 from whisfusion.checkpoint_io import AtomicCheckpointIO
@@ -129,6 +130,7 @@ def run_training(cfg: RunConfig) -> Path:
             save_top_k=0,
         ),
         LearningRateMonitor(logging_interval="step"),
+        DataStatsLogger(cfg.trainer.log_every_n_steps),
         RankAgreement(
             config_to_yaml(cfg), tokenizer.to_bytes(), train_shard_listing(cfg.data), plan
         ),

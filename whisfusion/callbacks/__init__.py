@@ -2,4 +2,5 @@
 ema          `EMA`: moving average of the decoder weights, used for validation, checkpointed
 preemption   `StopOnSignal`: SIGUSR1 / SIGTERM -> save last.ckpt at a step boundary, requeue
 nonfinite    `NonFiniteGuard`: skip optimizer steps with a non-finite loss, stop after a run
+data_stats   `DataStatsLogger`: read / kept / skipped-by-reason counts, summed over ranks
 """
