@@ -172,7 +172,7 @@ def print_summary(run_dir: Path, report, data) -> None:
     """What a person wants at the end of a run: scores, data counts, where things are."""
     print("\n== validation (PDD) ==")
     print(report.to_markdown() if report is not None else "(no validation data)")
-    print("\n== data ==")
+    print("\n== data (this rank; validation counts add up over every validation run) ==")
     print(data.stats().summary())
     print(f"\ncheckpoint:  {run_dir / 'checkpoints' / 'last.ckpt'}")
     print(f"config:      {run_dir / 'config.yaml'}")
