@@ -50,7 +50,7 @@ endif
 	$(VENV)/bin/whisfusion train --config $(CONFIG) data.root=$(DATA) $(ARGS)
 
 data: setup espeak
-	$(PY) -m data_prep.prepare $(CORPUS) --out $(DATA) $(if $(CORPUS_DIR),--corpus-dir $(CORPUS_DIR))
+	$(PY) -m data_prep.prepare $(CORPUS) --out $(DATA) --config $(CONFIG) $(if $(CORPUS_DIR),--corpus-dir $(CORPUS_DIR))
 
 slurm: setup
 	$(VENV)/bin/whisfusion slurm --nodes $(NODES) --gpus $(GPUS) --config $(CONFIG) --data $(DATA) \
