@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import lightning as L
 import torch
+from torch.utils.data import DataLoader
 
 from whisfusion.config import load_config
 from whisfusion.model import CHECKPOINT_KEY, Whisfusion
@@ -38,3 +40,20 @@ def save_checkpoint(model: Whisfusion, path: Path) -> Path:
     state = {f"model.decoder.{k}": v for k, v in model.decoder.state_dict().items()}
     torch.save({"state_dict": state, CHECKPOINT_KEY: model.checkpoint_payload()}, path)
     return path
+
+
+def fit_batches(module, batches: list[dict], tmp_path: Path, callbacks=()) -> L.Trainer:
+    """Train `module` one optimizer step per batch of `batches`, on the CPU, without logging."""
+    trainer = L.Trainer(
+        max_steps=len(batches),
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        callbacks=list(callbacks),
+    )
+    trainer.fit(module, DataLoader(batches, batch_size=None))
+    return trainer

@@ -3,8 +3,7 @@
 import lightning as L
 import pytest
 import torch
-from model_fixtures import tiny_model
-from torch.utils.data import DataLoader
+from model_fixtures import fit_batches, tiny_model
 
 from whisfusion.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError, detached_zero_loss
 from whisfusion.lightning_module import WhisfusionModule
@@ -67,26 +66,10 @@ class StepRecorder(L.Callback):
         self.adam_steps.append(float(state.get("step", 0)))
 
 
-def _fit(module, batches, tmp_path, callbacks=()):
-    trainer = L.Trainer(
-        max_steps=len(batches),
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=list(callbacks),
-    )
-    trainer.fit(module, DataLoader(batches, batch_size=None))
-    return trainer
-
-
 def test_nonfinite_step_changes_nothing_and_training_goes_on(tmp_path):
     module = WhisfusionModule(tiny_model(["trainer.max_steps=4", "optim.warmup_steps=1"]))
     rec = StepRecorder()
-    trainer = _fit(module, _batches(module.model, 4, nan_at={1}), tmp_path, [rec])
+    trainer = fit_batches(module, _batches(module.model, 4, nan_at={1}), tmp_path, [rec])
     assert trainer.global_step == 4  # the skipped step still counts
     assert torch.equal(rec.weights[1], rec.weights[0])  # no update, not even weight decay
     assert rec.adam_steps == [1.0, 1.0, 2.0, 3.0]  # AdamW's moments did not move either
@@ -99,5 +82,5 @@ def test_nonfinite_step_changes_nothing_and_training_goes_on(tmp_path):
 def test_a_run_of_nonfinite_steps_stops_training(tmp_path):
     module = WhisfusionModule(tiny_model(["trainer.max_nonfinite_in_row=2", "trainer.max_steps=5"]))
     with pytest.raises(NonFiniteLossError, match="2 optimizer steps in a row"):
-        _fit(module, _batches(module.model, 5, nan_at={1, 2, 3, 4}), tmp_path)
+        fit_batches(module, _batches(module.model, 5, nan_at={1, 2, 3, 4}), tmp_path)
     assert module.nonfinite.skipped == 2

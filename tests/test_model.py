@@ -1,9 +1,8 @@
 """The composed model: overfitting, the frozen encoder under training, checkpoint round trips."""
 
-import lightning as L
 import pytest
 import torch
-from torch.utils.data import DataLoader
+from model_fixtures import fit_batches
 
 from whisfusion.config import DecoderConfig, ScheduleConfig, load_config
 from whisfusion.decoder import DiffusionDecoder
@@ -95,26 +94,11 @@ def _batches(tok, n=4, seed=0):
     return out
 
 
-def _fit(module, batches, tmp_path):
-    trainer = L.Trainer(
-        max_steps=len(batches),
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-    )
-    trainer.fit(module, DataLoader(batches, batch_size=None))
-    return trainer
-
-
 def test_encoder_stays_frozen_and_out_of_checkpoint(tokenizer, tmp_path):
     module = WhisfusionModule(Whisfusion.from_config(_cfg(), tokenizer))
     enc_before = {k: v.clone() for k, v in module.model.encoder.state_dict().items()}
     dec_before = {k: v.clone() for k, v in module.model.decoder.state_dict().items()}
-    trainer = _fit(module, _batches(tokenizer), tmp_path)
+    trainer = fit_batches(module, _batches(tokenizer), tmp_path)
     for k, v in module.model.encoder.state_dict().items():
         assert torch.equal(v, enc_before[k]), k  # bit-identical
     assert any(
@@ -131,7 +115,7 @@ def test_encoder_stays_frozen_and_out_of_checkpoint(tokenizer, tmp_path):
 
 def test_checkpoint_round_trip_gives_identical_logits(tokenizer, tmp_path):
     module = WhisfusionModule(Whisfusion.from_config(_cfg(), tokenizer))
-    trainer = _fit(module, _batches(tokenizer), tmp_path)
+    trainer = fit_batches(module, _batches(tokenizer), tmp_path)
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     again = Whisfusion.from_checkpoint(tmp_path / "m.ckpt")
     assert again.tokenizer.to_bytes() == tokenizer.to_bytes()
@@ -157,7 +141,7 @@ def test_checkpoint_round_trip_gives_identical_logits(tokenizer, tmp_path):
 
 def test_checkpoint_errors(tokenizer, tmp_path):
     module = WhisfusionModule(Whisfusion.from_config(_cfg(), tokenizer))
-    trainer = _fit(module, _batches(tokenizer, 1), tmp_path)
+    trainer = fit_batches(module, _batches(tokenizer, 1), tmp_path)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path)
     with pytest.raises(CheckpointError, match="not found"):
