@@ -53,6 +53,13 @@ def evaluate(checkpoint, data, out, *extra):
     return json.loads((out / "results.json").read_text())
 
 
+def score(out, json_path):
+    """`whisfusion score` on the ref/hyp files evaluate wrote; its JSON numbers."""
+    argv = ["score", str(out / "ref.jsonl"), str(out / "hyp.jsonl"), "--json", str(json_path)]
+    assert main(argv) == 0
+    return json.loads(json_path.read_text())
+
+
 def lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -75,19 +82,7 @@ def test_manifest_evaluation_matches_the_score_command(checkpoint, corpus, tmp_p
     assert [r["lang"] for r in lines(out / "hyp.jsonl")] == LANGS  # given languages come back
     assert "| en |" in (out / "results.md").read_text()
 
-    assert (
-        main(
-            [
-                "score",
-                str(out / "ref.jsonl"),
-                str(out / "hyp.jsonl"),
-                "--json",
-                str(tmp_path / "s.json"),
-            ]
-        )
-        == 0
-    )
-    scored = json.loads((tmp_path / "s.json").read_text())
+    scored = score(out, tmp_path / "s.json")
     assert scored["languages"] == results["scores"]["languages"]
     assert scored["groups"] == results["scores"]["groups"]
     assert scored["average"] == results["scores"]["average"]
@@ -124,21 +119,7 @@ def test_predicted_language_and_undecodable_audio(checkpoint, corpus, tmp_path, 
     # the failed utterance counts as all deletions, for evaluate and score alike
     en = results["scores"]["languages"]["en"]
     assert en["utts"] == 3 and en["del"] >= len(rows[0]["text"].split())
-    assert (
-        main(
-            [
-                "score",
-                str(out / "ref.jsonl"),
-                str(out / "hyp.jsonl"),
-                "--json",
-                str(tmp_path / "s.json"),
-            ]
-        )
-        == 0
-    )
-    assert (
-        json.loads((tmp_path / "s.json").read_text())["languages"] == results["scores"]["languages"]
-    )
+    assert score(out, tmp_path / "s.json")["languages"] == results["scores"]["languages"]
 
 
 def test_bad_data_is_named(checkpoint, corpus, tmp_path):

@@ -30,6 +30,11 @@ def noise(seconds, seed):
     return torch.from_numpy((0.1 * rng.standard_normal(round(seconds * SR))).astype(np.float32))
 
 
+def transcribe_cli(checkpoint, *args: str) -> int:
+    """`whisfusion transcribe --checkpoint CHECKPOINT ARGS...`; its exit code."""
+    return main(["transcribe", "--checkpoint", str(checkpoint), *args])
+
+
 def test_mixed_formats_rates_and_arrays_come_back_in_order(model, tmp_path, caplog):
     files = [
         (tmp_path / "a.wav", 8000, 1, 1.3),
@@ -195,19 +200,7 @@ def test_transcribe_command_jsonl_and_txt(model, checkpoint, tmp_path, capsys):
 
     out = tmp_path / "out.jsonl"
     assert (
-        main(
-            [
-                "transcribe",
-                "--checkpoint",
-                str(checkpoint),
-                str(audio),
-                str(bad),
-                "--output",
-                str(out),
-                "--device",
-                "cpu",
-            ]
-        )
+        transcribe_cli(checkpoint, str(audio), str(bad), "--output", str(out), "--device", "cpu")
         == 0
     )
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -217,35 +210,22 @@ def test_transcribe_command_jsonl_and_txt(model, checkpoint, tmp_path, capsys):
     assert str(bad) in capsys.readouterr().err
 
     txt = tmp_path / "out.txt"
-    assert (
-        main(
-            [
-                "transcribe",
-                "--checkpoint",
-                str(checkpoint),
-                str(audio),
-                str(bad),
-                "--output",
-                str(txt),
-            ]
-        )
-        == 0
-    )
+    assert transcribe_cli(checkpoint, str(audio), str(bad), "--output", str(txt)) == 0
     lines = txt.read_text().splitlines()
     assert lines == [f"{p}\t{r.text}" for p, r in zip(expected_paths, expected, strict=False)]
 
     # stdout, when no --output
-    assert main(["transcribe", "--checkpoint", str(checkpoint), str(audio / "one.wav")]) == 0
+    assert transcribe_cli(checkpoint, str(audio / "one.wav")) == 0
     assert capsys.readouterr().out == f"{audio / 'one.wav'}\t{expected[0].text}\n"
 
 
 def test_transcribe_command_fails_when_nothing_is_transcribed(checkpoint, tmp_path, capsys):
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"garbage" * 30)
-    assert main(["transcribe", "--checkpoint", str(checkpoint), str(bad)]) == 1
+    assert transcribe_cli(checkpoint, str(bad)) == 1
     assert "1 of 1 files could not be transcribed" in capsys.readouterr().err
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(SystemExit, match="no audio files"):
-        main(["transcribe", "--checkpoint", str(checkpoint), str(tmp_path / "empty_dir")])
+        transcribe_cli(checkpoint, str(tmp_path / "empty_dir"))
     with pytest.raises(SystemExit, match="'xx' is not one the model knows"):
-        main(["transcribe", "--checkpoint", str(checkpoint), str(bad), "--language", "xx"])
+        transcribe_cli(checkpoint, str(bad), "--language", "xx")
