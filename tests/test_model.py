@@ -113,9 +113,15 @@ def test_encoder_stays_frozen_and_out_of_checkpoint(tokenizer, tmp_path):
     assert ckpt["whisfusion"]["encoder"]["sha256"] == module.model.encoder.sha256
 
 
-def test_checkpoint_round_trip_gives_identical_logits(tokenizer, tmp_path):
-    module = WhisfusionModule(Whisfusion.from_config(_cfg(), tokenizer))
+@pytest.mark.parametrize("align_hidden", [0, 16])
+def test_checkpoint_round_trip_gives_identical_logits(tokenizer, tmp_path, align_hidden):
+    cfg = _cfg(**{"model.decoder.align_hidden": align_hidden})
+    module = WhisfusionModule(Whisfusion.from_config(cfg, tokenizer))
+    align = module.model.decoder.align
+    head_before = {k: v.clone() for k, v in align.state_dict().items()} if align else {}
     trainer = fit_batches(module, _batches(tokenizer), tmp_path)
+    if align is not None:  # training reached the alignment head through its CTC loss
+        assert any(not torch.equal(align.state_dict()[k], v) for k, v in head_before.items())
     trainer.save_checkpoint(tmp_path / "m.ckpt")
     again = Whisfusion.from_checkpoint(tmp_path / "m.ckpt")
     assert again.tokenizer.to_bytes() == tokenizer.to_bytes()

@@ -11,6 +11,11 @@ RoPE alone cannot tell positions apart on an all-[MASK] canvas (every value vect
 so every weighted sum is too), and decoding starts from exactly that canvas; the absolute
 embedding breaks the symmetry from the first step.
 
+Optional alignment prior (`align_hidden` > 0, see whisfusion.alignment): a small CTC head on the
+encoder output estimates which canvas position each frame belongs to, and cross-attention adds a
+per-head Gaussian bias toward those frames. It costs a dense attention mask (the fused SDPA
+kernels without a mask no longer apply) and is meant for small corpora.
+
 Cross-attention keys/values depend on the audio only: `cross_cache` computes them once per
 utterance, and `forward` reuses them for any number of candidate rows. K candidate rows of one
 utterance are folded into the query length of a single attention call (queries never interact in
@@ -26,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from whisfusion.alignment import AlignmentHead, alignment_bias, expected_positions
 from whisfusion.config import DecoderConfig
 
 
@@ -53,11 +59,15 @@ class CrossCache:
 
     keys, values: one (N, H, S, Dh) tensor per layer.
     key_valid: (N, S) bool, True on encoder frames that cover real audio.
+    key_pos: (N, S) expected canvas position of each frame (alignment prior), or None.
+    ctc_log_probs: (N, S, V + 1) the alignment head's output (for its loss), or None.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     key_valid: torch.Tensor
+    key_pos: torch.Tensor | None = None
+    ctc_log_probs: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -82,13 +92,19 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    def __init__(self, width: int, enc_width: int, heads: int, dropout: float):
+    def __init__(self, width: int, enc_width: int, heads: int, dropout: float, prior: bool):
         super().__init__()
         self.heads, self.dropout = heads, dropout
         self.q = nn.Linear(width, width, bias=False)
         # keys/values projected from the encoder width (1280 for large-v3) to the decoder width
         self.kv = nn.Linear(enc_width, 2 * width, bias=False)
         self.out = nn.Linear(width, width, bias=False)
+        # Per-head sharpness of the alignment prior, through softplus so it stays >= 0. Heads
+        # start from widths of about 1 to 10 canvas positions, so some look closely and some
+        # around; training sets them.
+        self.prior_sharpness = (
+            nn.Parameter(torch.linspace(0.0, -4.5, heads).exp().expm1().log()) if prior else None
+        )
 
     def project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features (N, S, E) -> keys, values (N, H, S, Dh)."""
@@ -96,14 +112,20 @@ class CrossAttention(nn.Module):
         k, v = self.kv(features).view(n, s, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def forward(self, x, k, v, key_mask):
-        """x: (N*K, L, D) with K rows per utterance; k, v: (N, H, S, Dh); key_mask: (N, 1, 1, S)."""
+    def forward(self, x, k, v, key_mask, key_pos=None):
+        """x: (N*K, L, D) with K rows per utterance; k, v: (N, H, S, Dh); key_mask: (N, 1, 1, S);
+        key_pos: (N, S) expected canvas position of each frame, or None (no prior)."""
         rows, length, width = x.shape
         n = k.shape[0]
         group = rows // n
         q = self.q(x).view(n, group * length, self.heads, -1).transpose(1, 2)  # (N, H, K*L, Dh)
         drop = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask, dropout_p=drop)
+        mask = key_mask
+        if self.prior_sharpness is not None and key_pos is not None:
+            query_pos = torch.arange(length, device=x.device).repeat(group)  # (K*L,)
+            bias = alignment_bias(query_pos, key_pos, F.softplus(self.prior_sharpness))
+            mask = bias.masked_fill(~key_mask, float("-inf")).to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.out(y.transpose(1, 2).reshape(rows, length, width))
 
 
@@ -125,14 +147,16 @@ class DecoderBlock(nn.Module):
         self.norm_self = nn.RMSNorm(cfg.width, eps=1e-6)
         self.self_attn = SelfAttention(cfg.width, cfg.heads, cfg.dropout)
         self.norm_cross = nn.RMSNorm(cfg.width, eps=1e-6)
-        self.cross_attn = CrossAttention(cfg.width, enc_width, cfg.heads, cfg.dropout)
+        self.cross_attn = CrossAttention(
+            cfg.width, enc_width, cfg.heads, cfg.dropout, prior=cfg.align_hidden > 0
+        )
         self.norm_mlp = nn.RMSNorm(cfg.width, eps=1e-6)
         self.mlp = SwiGLU(cfg.width, hidden)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, self_mask, k, v, key_mask):
+    def forward(self, x, cos, sin, self_mask, k, v, key_mask, key_pos=None):
         x = x + self.drop(self.self_attn(self.norm_self(x), cos, sin, self_mask))
-        x = x + self.drop(self.cross_attn(self.norm_cross(x), k, v, key_mask))
+        x = x + self.drop(self.cross_attn(self.norm_cross(x), k, v, key_mask, key_pos))
         return x + self.drop(self.mlp(self.norm_mlp(x)))
 
 
@@ -152,6 +176,10 @@ class DiffusionDecoder(nn.Module):
         self.norm_out = nn.RMSNorm(cfg.width, eps=1e-6)
         self.head = nn.Linear(cfg.width, vocab_size, bias=False)
         self.apply(self._init)
+        # built after the init above: it keeps PyTorch's default init
+        self.align = (
+            AlignmentHead(enc_width, cfg.align_hidden, vocab_size) if cfg.align_hidden else None
+        )
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -165,7 +193,13 @@ class DiffusionDecoder(nn.Module):
     def cross_cache(self, features: torch.Tensor, valid: torch.Tensor) -> CrossCache:
         """Project encoder output once per utterance: features (N, S, E), valid (N, S) bool."""
         pairs = [blk.cross_attn.project(features) for blk in self.blocks]
-        return CrossCache([k for k, _ in pairs], [v for _, v in pairs], valid)
+        keys, values = [k for k, _ in pairs], [v for _, v in pairs]
+        if self.align is None:
+            return CrossCache(keys, values, valid)
+        log_probs = self.align(features)
+        # detached: only the CTC loss trains the head (see whisfusion.alignment)
+        key_pos = expected_positions(log_probs.detach(), valid, self.align.blank)
+        return CrossCache(keys, values, valid, key_pos, log_probs)
 
     def forward(
         self, tokens: torch.Tensor, cache: CrossCache, canvas_valid: torch.Tensor | None = None
@@ -196,7 +230,9 @@ class DiffusionDecoder(nn.Module):
         x = self.embed(tokens) + self.pos_embed.weight[:length]
         for blk, k, v in zip(self.blocks, cache.keys, cache.values, strict=False):
             if self.cfg.activation_checkpointing and self.training:
-                x = checkpoint(blk, x, cos, sin, self_mask, k, v, key_mask, use_reentrant=False)
+                x = checkpoint(
+                    blk, x, cos, sin, self_mask, k, v, key_mask, cache.key_pos, use_reentrant=False
+                )
             else:
-                x = blk(x, cos, sin, self_mask, k, v, key_mask)
+                x = blk(x, cos, sin, self_mask, k, v, key_mask, cache.key_pos)
         return self.head(self.norm_out(x)).float()

@@ -8,6 +8,7 @@ import zlib
 import lightning as L
 import torch
 
+from whisfusion.alignment import ctc_loss, ctc_targets
 from whisfusion.callbacks.nonfinite import NonFiniteGuard, detached_zero_loss
 from whisfusion.config import RunConfig
 from whisfusion.data.feature_cache import FeatureCache
@@ -78,7 +79,11 @@ class WhisfusionModule(L.LightningModule):
         return torch.Generator().manual_seed(seed)
 
     def loss(self, batch: dict, step: int, generator: torch.Generator | None = None, features=None):
-        """Diffusion loss of a batch and its corruption (for logging)."""
+        """Training loss of a batch, its parts by name (for logging) and its corruption.
+
+        The loss is the diffusion loss, plus the alignment head's CTC loss times its weight
+        when the decoder has one.
+        """
         feats, valid = features if features is not None else self.features(batch)
         cache = self.model.cross_cache(feats, valid)
         tokens, canvas_valid = batch["tokens"], batch["canvas_valid"]
@@ -86,10 +91,17 @@ class WhisfusionModule(L.LightningModule):
             tokens, canvas_valid, self.model.decoder.mask_id, step, generator
         )
         logits = self.model.decoder(corr.x_t, cache, canvas_valid)
-        return diffusion_loss(logits, tokens, corr.weights), corr
+        parts = {"diffusion_loss": diffusion_loss(logits, tokens, corr.weights)}
+        loss = parts["diffusion_loss"]
+        if cache.ctc_log_probs is not None:
+            targets = ctc_targets(tokens, canvas_valid, self.model.tokenizer.eos_id)
+            blank = self.model.decoder.align.blank
+            parts["ctc_loss"] = ctc_loss(cache.ctc_log_probs, cache.key_valid, targets, blank)
+            loss = loss + self.cfg.model.decoder.align_ctc_weight * parts["ctc_loss"]
+        return loss, parts, corr
 
     def training_step(self, batch: dict, batch_idx: int):
-        loss, corr = self.loss(batch, self.global_step, self._generator())
+        loss, parts, corr = self.loss(batch, self.global_step, self._generator())
         # All ranks take the same branch, or DDP ranks would disagree on the update; the zero
         # loss keeps every rank's backward (and DDP's gradient reduction) going as usual.
         if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
@@ -101,6 +113,9 @@ class WhisfusionModule(L.LightningModule):
         masked_share = corr.masked.sum() / batch["canvas_valid"].sum().clamp(min=1)
         bs = batch["tokens"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        if len(parts) > 1:
+            for name, value in parts.items():
+                self.log(f"train/{name}", value, batch_size=bs)
         self.log("train/mask_ratio", masked_share, batch_size=bs)
         self.log("train/high_mask_share", corr.high.float().mean(), batch_size=bs)
         self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), batch_size=bs)
@@ -111,8 +126,12 @@ class WhisfusionModule(L.LightningModule):
         feats, valid = self.features(batch)
         # A fixed seed per batch so the validation loss is comparable between evaluations.
         gen = torch.Generator().manual_seed(self.cfg.trainer.seed + batch_idx)
-        loss, _ = self.loss(batch, self.global_step, gen, features=(feats, valid))
-        self.log("val/loss", loss, batch_size=batch["tokens"].shape[0], sync_dist=True)
+        loss, parts, _ = self.loss(batch, self.global_step, gen, features=(feats, valid))
+        bs = batch["tokens"].shape[0]
+        self.log("val/loss", loss, batch_size=bs, sync_dist=True)
+        if len(parts) > 1:
+            for name, value in parts.items():
+                self.log(f"val/{name}", value, batch_size=bs, sync_dist=True)
         return {"loss": loss, "features": feats, "feature_valid": valid}
 
     def configure_optimizers(self):

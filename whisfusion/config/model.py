@@ -48,6 +48,11 @@ class DecoderConfig:
     rope_theta: float = 10000.0
     # Recompute block activations in backward to save memory (slower).
     activation_checkpointing: bool = False
+    # Hidden width of the CTC alignment head whose expected token positions bias cross-attention
+    # (whisfusion.alignment); 0 = no head, the decoder learns alignment from data alone.
+    align_hidden: int = 0
+    # Weight of the alignment head's CTC loss (per target token) added to the diffusion loss.
+    align_ctc_weight: float = 0.5
 
 
 @dataclass

@@ -1,0 +1,159 @@
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from whisfusion.alignment import (
+    alignment_bias,
+    ctc_loss,
+    ctc_targets,
+    expected_positions,
+    greedy_ctc,
+    new_token_probability,
+)
+from whisfusion.config import DecoderConfig
+from whisfusion.decoder import DiffusionDecoder
+
+BLANK = 3  # labels 0, 1, 2 and the blank
+
+
+def _one_hot_log_probs(path: list[int], classes: int = 4, sharp: float = 30.0) -> torch.Tensor:
+    """(1, S, classes) log-probabilities peaked on `path`."""
+    return F.log_softmax(sharp * F.one_hot(torch.tensor([path]), classes).float(), dim=-1)
+
+
+def test_expected_positions_count_collapsed_tokens():
+    path = [BLANK, 0, 0, BLANK, 1, 1, 0, BLANK, 2, 2]
+    valid = torch.ones(1, len(path), dtype=torch.bool)
+    pos = expected_positions(_one_hot_log_probs(path), valid, BLANK)
+    # a token counts once where it starts; a repeat counts only after a blank or another label
+    torch.testing.assert_close(
+        pos[0], torch.tensor([0, 1, 1, 1, 2, 2, 3, 3, 4, 4.0]), atol=1e-3, rtol=0
+    )
+
+
+def test_new_token_probability_is_exact_for_independent_frames():
+    torch.manual_seed(0)
+    log_probs = F.log_softmax(torch.randn(1, 4, 4), dim=-1)
+    probs = log_probs.exp()[0]
+    expected = torch.zeros(4)
+    # enumerate every label path: each frame independent, as the formula assumes
+    for path in itertools.product(range(4), repeat=4):
+        p = torch.prod(torch.stack([probs[j, c] for j, c in enumerate(path)]))
+        for j, c in enumerate(path):
+            if c != BLANK and (j == 0 or path[j - 1] != c):
+                expected[j] += p
+    got = new_token_probability(log_probs, torch.ones(1, 4, dtype=torch.bool), BLANK)[0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_invalid_frames_start_no_token():
+    path = [0, BLANK, 1, 2, 0]
+    valid = torch.tensor([[True, True, True, False, False]])
+    pos = expected_positions(_one_hot_log_probs(path), valid, BLANK)
+    assert pos[0, 2:].tolist() == pytest.approx([2.0, 2.0, 2.0], abs=1e-3)
+
+
+def test_alignment_bias_peaks_where_positions_meet():
+    key_pos = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    bias = alignment_bias(torch.arange(3), key_pos, torch.tensor([1.0, 0.0]))
+    assert bias.shape == (1, 2, 3, 4)
+    for i in range(3):
+        assert int(bias[0, 0, i].argmax()) == i  # query i prefers the frame at position i
+        assert bias[0, 0, i, i] == 0.0 and (bias[0, 0, i] <= 0).all()
+    assert bias[0, 0, 0, 3] < bias[0, 0, 0, 2] < bias[0, 0, 0, 1]
+    assert (bias[0, 1] == 0).all()  # a head of sharpness 0 has no prior
+
+
+def test_ctc_loss_is_the_per_token_mean_and_stays_finite():
+    torch.manual_seed(0)
+    log_probs = F.log_softmax(torch.randn(2, 6, 4), dim=-1)
+    valid = torch.tensor([[True] * 6, [True] * 4 + [False] * 2])
+    targets = [[0, 1, 2], [2]]
+    ref = F.ctc_loss(
+        log_probs.transpose(0, 1),
+        torch.tensor([0, 1, 2, 2]),
+        torch.tensor([6, 4]),
+        torch.tensor([3, 1]),
+        blank=BLANK,
+        reduction="sum",
+    )
+    torch.testing.assert_close(ctc_loss(log_probs, valid, targets, BLANK), ref / 4)
+    # more labels than frames can emit: no alignment exists, the row adds nothing
+    too_long = ctc_loss(log_probs, valid, [[0, 1, 0, 1, 0, 1, 0], [2]], BLANK)
+    assert torch.isfinite(too_long)
+
+
+def test_greedy_ctc_collapses_repeats_and_blanks():
+    path = [0, 0, BLANK, 0, 1, 1, BLANK, 2]
+    valid = torch.tensor([[True] * 7 + [False]])
+    assert greedy_ctc(_one_hot_log_probs(path), valid, BLANK) == [[0, 0, 1]]
+
+
+def test_ctc_targets_drop_language_and_padding():
+    eos = 1
+    tokens = torch.tensor([[5, 9, 8, eos, eos], [6, 7, eos, eos, 4]])
+    valid = torch.tensor([[True] * 5, [True, True, True, True, False]])
+    assert ctc_targets(tokens, valid, eos) == [[9, 8], [7]]
+
+
+V, E = 40, 24
+
+
+def _decoder(align_hidden: int) -> DiffusionDecoder:
+    torch.manual_seed(0)
+    cfg = DecoderConfig(layers=2, width=32, heads=4, align_hidden=align_hidden)
+    return DiffusionDecoder(cfg, V, E).eval()
+
+
+def _inputs():
+    feats = torch.randn(2, 18, E)
+    valid = torch.ones(2, 18, dtype=torch.bool)
+    valid[1, 12:] = False
+    return feats, valid, torch.randint(0, V + 1, (2, 10))
+
+
+def test_prior_reaches_the_logits_and_vanishes_at_zero_sharpness():
+    with_prior, without = _decoder(16), _decoder(0)
+    missing = without.load_state_dict(with_prior.state_dict(), strict=False)
+    assert not missing.missing_keys  # the prior adds parameters, it changes none
+    feats, valid, tokens = _inputs()
+    cache = with_prior.cross_cache(feats, valid)
+    assert cache.key_pos.shape == (2, 18) and cache.ctc_log_probs.shape == (2, 18, V + 1)
+    ref = with_prior(tokens, cache)
+    cache.key_pos = cache.key_pos + 3.0  # the frames move: the prior moves the attention
+    assert not torch.allclose(with_prior(tokens, cache), ref)
+    with torch.no_grad():
+        for blk in with_prior.blocks:
+            blk.cross_attn.prior_sharpness.fill_(-30.0)  # softplus ~ 1e-13: no prior
+    torch.testing.assert_close(
+        with_prior(tokens, with_prior.cross_cache(feats, valid)),
+        without(tokens, without.cross_cache(feats, valid)),
+        atol=1e-5,
+        rtol=1e-5,
+    )
+
+
+def test_prior_keeps_k_rows_exact_and_ignores_padding_frames():
+    dec = _decoder(16)
+    feats, valid, tokens = _inputs()
+    cache = dec.cross_cache(feats, valid)
+    single = dec(tokens, cache)
+    grouped = dec(tokens.repeat_interleave(3, 0), cache).view(2, 3, 10, V)
+    for j in range(3):
+        torch.testing.assert_close(grouped[:, j], single, atol=1e-5, rtol=1e-5)
+    noisy = feats.clone()
+    noisy[1, 12:] = 1e3
+    torch.testing.assert_close(dec(tokens, dec.cross_cache(noisy, valid)), single)
+
+
+def test_only_the_ctc_loss_trains_the_alignment_head():
+    dec = _decoder(16).train()
+    feats, valid, tokens = _inputs()
+    dec(tokens, dec.cross_cache(feats, valid)).square().mean().backward()
+    assert all(p.grad is None for p in dec.align.parameters())  # positions are detached
+    assert all(blk.cross_attn.prior_sharpness.grad is not None for blk in dec.blocks)
+    cache = dec.cross_cache(feats, valid)
+    ctc_loss(cache.ctc_log_probs, valid, [[3, 4], [5]], dec.align.blank).backward()
+    assert all(p.grad is not None for p in dec.align.parameters())

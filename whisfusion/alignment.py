@@ -1,0 +1,129 @@
+"""CTC alignment prior: tells each canvas position which encoder frames hold its token.
+
+A non-autoregressive decoder starts from an all-[MASK] canvas, so position i has to find "the
+i-th token" in the audio from its position alone; with little data it memorizes sentences
+instead. The alignment head is a small CTC classifier on the frozen encoder output. From its
+frame posteriors, `expected_positions` counts how many tokens are expected to have started up to
+each frame; cross-attention then adds `alignment_bias`, a per-head Gaussian in (canvas position -
+expected position), so position i looks first at the frames of the i-th token. Heads learn their
+own width, so a head can also widen to attend anywhere.
+
+The positions are detached: the CTC loss alone trains the head, and the decoder cannot bend the
+prior to suit itself. All functions here are pure.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class AlignmentHead(nn.Module):
+    """Encoder frames -> CTC log-probabilities over the text tokens plus a blank.
+
+    The blank takes the index `vocab_size` (the [MASK] id, which is never a CTC label).
+    """
+
+    def __init__(self, enc_width: int, hidden: int, vocab_size: int):
+        super().__init__()
+        self.proj = nn.Sequential(
+            nn.Linear(enc_width, hidden), nn.GELU(), nn.Linear(hidden, vocab_size + 1)
+        )
+
+    @property
+    def blank(self) -> int:
+        return self.proj[-1].out_features - 1
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """features (N, S, E) -> log-probabilities (N, S, V + 1), float32."""
+        return F.log_softmax(self.proj(features).float(), dim=-1)
+
+
+def new_token_probability(log_probs: torch.Tensor, valid: torch.Tensor, blank: int) -> torch.Tensor:
+    """(N, S) probability that frame j starts a new CTC token, 0 on invalid frames.
+
+    A new token starts where the frame's label is not blank and differs from the previous
+    frame's (CTC collapses repeats). Frames are treated as independent:
+    P = (1 - p_blank[j]) - sum over labels v != blank of p_j(v) p_{j-1}(v).
+
+    Args:
+        log_probs: (N, S, V + 1) CTC log-probabilities; valid: (N, S) bool.
+    """
+    probs = log_probs.exp()
+    labels = torch.cat((probs[..., :blank], probs[..., blank + 1 :]), dim=-1)
+    previous = F.pad(labels[:, :-1], (0, 0, 1, 0))  # frame -1 emits nothing
+    repeat = (labels * previous).sum(dim=-1)
+    emit = (1.0 - probs[..., blank] - repeat).clamp(min=0.0)
+    return emit * valid
+
+
+def expected_positions(log_probs: torch.Tensor, valid: torch.Tensor, blank: int) -> torch.Tensor:
+    """(N, S) expected number of tokens started up to and including each frame.
+
+    On a canvas `[<|lang|>] t1 .. tn <|eos|> ...` token t_k sits at position k, and the frames
+    where it is spoken have an expected count near k, so the count is a canvas position.
+    """
+    return new_token_probability(log_probs, valid, blank).cumsum(dim=1)
+
+
+def alignment_bias(
+    query_pos: torch.Tensor, key_pos: torch.Tensor, sharpness: torch.Tensor
+) -> torch.Tensor:
+    """Additive cross-attention bias -sharpness_h * (i - key_pos_j)^2.
+
+    Args:
+        query_pos: (Q,) canvas position of each query.
+        key_pos: (N, S) expected canvas position of each encoder frame.
+        sharpness: (H,) non-negative, one per head (0 = no prior for that head).
+    Returns:
+        (N, H, Q, S) float bias.
+    """
+    dist = query_pos.float()[None, :, None] - key_pos.float()[:, None, :]  # (N, Q, S)
+    return -sharpness.float()[None, :, None, None] * dist.square()[:, None]
+
+
+def ctc_loss(
+    log_probs: torch.Tensor, valid: torch.Tensor, targets: list[list[int]], blank: int
+) -> torch.Tensor:
+    """Mean CTC loss per target token of a batch.
+
+    Args:
+        log_probs: (N, S, V + 1); valid: (N, S) bool, a prefix of each row.
+        targets: the text token ids of each utterance (no language token, no EOS).
+    """
+    flat = torch.tensor([t for seq in targets for t in seq], dtype=torch.long)
+    target_lens = torch.tensor([len(seq) for seq in targets], dtype=torch.long)
+    loss = F.ctc_loss(
+        log_probs.transpose(0, 1),
+        flat.to(log_probs.device),
+        valid.sum(dim=1).cpu(),
+        target_lens,
+        blank=blank,
+        reduction="sum",
+        zero_infinity=True,  # a transcript too long for its frames adds nothing, not NaN
+    )
+    return loss / target_lens.sum().clamp(min=1).to(loss.device)
+
+
+def greedy_ctc(log_probs: torch.Tensor, valid: torch.Tensor, blank: int) -> list[list[int]]:
+    """Best-path CTC decoding: per utterance the token ids after collapsing repeats and blanks."""
+    best = log_probs.argmax(dim=-1).cpu()
+    out = []
+    for row, n in zip(best, valid.sum(dim=1).tolist(), strict=True):
+        path = row[:n].tolist()
+        out.append([t for j, t in enumerate(path) if t != blank and (j == 0 or t != path[j - 1])])
+    return out
+
+
+def ctc_targets(tokens: torch.Tensor, valid: torch.Tensor, eos_id: int) -> list[list[int]]:
+    """The text token ids of each target canvas `[<|lang|>] t1 .. tn <|eos|> ...`.
+
+    Args:
+        tokens: (B, L) target canvases; valid: (B, L) bool.
+    Returns:
+        per row the ids after the language token, EOS padding removed.
+    """
+    text = tokens[:, 1:].cpu()
+    keep = valid[:, 1:].cpu() & (text != eos_id)
+    return [row[k].tolist() for row, k in zip(text, keep, strict=True)]
