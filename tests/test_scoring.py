@@ -190,3 +190,22 @@ def test_score_command_names_bad_lines(tmp_path):
         run_score([str(ref), str(hyp)])
     with pytest.raises(SystemExit, match="missing.jsonl"):
         run_score([str(ref), str(tmp_path / "missing.jsonl")])
+
+
+def test_character_report_scores_every_language_in_characters():
+    # "kat" vs "cat": one wrong word of two, one wrong character of seven ("the cat")
+    assert utterance_counts("en", "the cat", "the kat").rate == 0.5
+    chars = utterance_counts("en", "the cat", "the kat", "char")
+    assert (chars.sub, chars.ref_len) == (1, 7)  # the space between words counts
+    # scripts without spaces count the same either way
+    assert utterance_counts("zh", "你好 世界", "你好世", "char") == utterance_counts(
+        "zh", "你好 世界", "你好世"
+    )
+    report = score_utterances(ITEMS, unit="char")
+    assert {report.to_dict()["languages"][lang]["metric"] for lang in report.languages()} == {"CER"}
+    assert "| en | CER |" in report.to_markdown()
+    rates = [c.rate for c in report.per_language.values()]
+    assert report.language_mean == pytest.approx(sum(rates) / len(rates))
+    line = report.rates_line()
+    assert line.startswith("en ") and f"mean over {len(rates)} languages" in line
+    assert Report({}).language_mean is None

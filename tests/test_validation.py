@@ -33,6 +33,7 @@ def test_validation_logs_scores_examples_and_trajectory(tmp_path, capsys):
         "val/wer_de",
         "val/err_english",
         "val/wer_avg",
+        "val/cer_mean",
         "val/rtfx",
         "data/train/read",
         "data/train/kept",

@@ -164,14 +164,18 @@ def run_training(cfg: RunConfig) -> Path:
         return run_dir
     trainer.validate(module, datamodule=data, verbose=False)
     if trainer.is_global_zero:
-        print_summary(run_dir, validation.report, data)
+        print_summary(run_dir, validation, data)
     return run_dir
 
 
-def print_summary(run_dir: Path, report, data) -> None:
+def print_summary(run_dir: Path, validation: PDDValidation, data) -> None:
     """What a person wants at the end of a run: scores, data counts, where things are."""
     print("\n== validation (PDD) ==")
-    print(report.to_markdown() if report is not None else "(no validation data)")
+    if validation.report is None:
+        print("(no validation data)")
+    else:
+        print(validation.report.to_markdown())
+        print(f"\nCER (characters), every language: {validation.char_report.rates_line()}")
     print("\n== data (this rank; validation counts add up over every validation run) ==")
     print(data.stats().summary())
     print(f"\ncheckpoint:  {run_dir / 'checkpoints' / 'last.ckpt'}")

@@ -30,10 +30,13 @@ class PDDValidation(L.Callback):
     def __init__(self, decode: DecodeConfig, cfg: ValidationConfig):
         self.decode, self.cfg = decode, cfg
         self.report: Report | None = None
+        # CER of every language (characters), beside the report in each language's own unit
+        self.char_report: Report | None = None
         self._reset()
 
     def _reset(self) -> None:
         self._counts: dict[str, tuple[str, Any]] = {}
+        self._char_counts: dict[str, tuple[str, Any]] = {}
         self._examples: dict[str, list[tuple[str, str, str]]] = {}
         self._trajectory: list[str] | None = None
         self._lid: list[bool] = []
@@ -67,6 +70,7 @@ class PDDValidation(L.Callback):
             if is_dup:
                 continue
             self._counts[utt_id] = (lang, utterance_counts(lang, ref, tr.text))
+            self._char_counts[utt_id] = (lang, utterance_counts(lang, ref, tr.text, "char"))
             self._lid.append(tr.language == lang)
             shown = self._examples.setdefault(lang, [])
             if len(shown) < self.cfg.examples_per_language:
@@ -78,7 +82,9 @@ class PDDValidation(L.Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking:
             return
-        self.report = Report(gather_counts(self._counts))  # a collective: every rank calls it
+        # collectives: every rank calls them
+        self.report = Report(gather_counts(self._counts))
+        self.char_report = Report(gather_counts(self._char_counts), unit="char")
         for lang in self.report.languages():
             metric = metric_of(lang).lower()
             pl_module.log(
@@ -88,6 +94,7 @@ class PDDValidation(L.Callback):
             pl_module.log(f"val/err_{group}", rate, rank_zero_only=True)
         if self.report.average is not None:
             pl_module.log("val/wer_avg", self.report.average, rank_zero_only=True)
+            pl_module.log("val/cer_mean", self.char_report.language_mean, rank_zero_only=True)
         if self._decode_s > 0:
             pl_module.log("val/rtfx", self._audio_s / self._decode_s, rank_zero_only=True)
         if self.cfg.predict_language and self._lid:

@@ -254,7 +254,7 @@ def _jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     )
 
 
-def to_markdown(results: dict[str, Any], report: Report) -> str:
+def to_markdown(results: dict[str, Any], report: Report, char_report: Report) -> str:
     speed, decode = results["speed"], results["decode"]
     data = (
         f"Data: {', '.join(results['data'])}: {results['utterances']} utterances, "
@@ -278,6 +278,8 @@ def to_markdown(results: dict[str, Any], report: Report) -> str:
         decoding,
         "",
         report.to_markdown(),
+        "",
+        f"CER (characters), every language: {char_report.rates_line()}",
         "",
         "| speed | value |",
         "|---|---:|",
@@ -307,9 +309,9 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"whisfusion evaluate: {err}") from None
 
     results, speed = timed_transcription(model, items, decode, progress=sys.stderr.isatty())
-    report = score_utterances(
-        (i.id, i.lang, i.text, r.text) for i, r in zip(items, results, strict=True)
-    )
+    scored = [(i.id, i.lang, i.text, r.text) for i, r in zip(items, results, strict=True)]
+    report = score_utterances(scored)
+    char_report = score_utterances(scored, unit="char")
     failed = [r.path for r in results if not r.ok]
     summary = {
         "checkpoint": str(args.checkpoint),
@@ -320,6 +322,7 @@ def run(args: argparse.Namespace) -> int:
         "language_mode": "predicted" if args.predict_language else "given",
         "language_accuracy": language_accuracy(items, results) if args.predict_language else None,
         "scores": report.to_dict(),
+        "cer_every_language": char_report.to_dict(),
         "speed": speed,
         "decode": dataclasses.asdict(decode),
         "machine": machine_info(model.device),
@@ -337,8 +340,9 @@ def run(args: argparse.Namespace) -> int:
     (out / "results.json").write_text(
         json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
-    (out / "results.md").write_text(to_markdown(summary, report), encoding="utf-8")
+    (out / "results.md").write_text(to_markdown(summary, report, char_report), encoding="utf-8")
     print(report.to_markdown())
+    print(f"\nCER (characters), every language: {char_report.rates_line()}")
     print(
         f"\nRTFx {speed['rtfx']:.1f} (encoder alone {speed['encoder_rtfx'] or 0:.1f}) on "
         f"{speed['audio_seconds']:.1f} s of audio; results in {out}"

@@ -49,16 +49,20 @@ class EditCounts:
         return self.errors / max(self.ref_len, 1)
 
 
-def utterance_counts(lang: str, ref: str, hyp: str) -> EditCounts:
+def utterance_counts(lang: str, ref: str, hyp: str, unit: str | None = None) -> EditCounts:
     """Edits of one normalized hypothesis against its normalized reference.
 
-    Words for most languages; characters with spaces removed for Chinese, Japanese and Korean.
+    Units: the language's own by default (words for most languages; characters with spaces
+    removed for Chinese, Japanese and Korean); `unit="char"` counts characters for every
+    language (spaces between words count as characters where the script has them).
     An empty reference makes every hypothesis unit an insertion; an empty hypothesis every
     reference unit a deletion.
     """
     ref_n, hyp_n = normalize(ref, lang), normalize(hyp, lang)
     if unit_for(lang) == "char":
-        out = jiwer.process_characters(ref_n.replace(" ", ""), hyp_n.replace(" ", ""))
+        ref_n, hyp_n = ref_n.replace(" ", ""), hyp_n.replace(" ", "")
+    if (unit or unit_for(lang)) == "char":
+        out = jiwer.process_characters(ref_n, hyp_n)
     else:
         out = jiwer.process_words(ref_n, hyp_n)
     ref_len = out.hits + out.substitutions + out.deletions

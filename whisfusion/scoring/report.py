@@ -2,6 +2,8 @@
 
 Groups: English (en), CJK (zh, ja, ko; CER) and European (every other language). A group's
 rate is the mean of its languages' corpus rates; the average is the mean of the groups present.
+A report in characters (`unit="char"`) gives CER for every language, so that languages of every
+script can be compared on one scale.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ def group_of(lang: str) -> str:
     return "english" if base == "en" else "cjk" if base in CHAR_LANGUAGES else "european"
 
 
-def metric_of(lang: str) -> str:
-    return "CER" if unit_for(lang) == "char" else "WER"
+def metric_of(lang: str, unit: str | None = None) -> str:
+    """ "CER" or "WER": of `unit` when given, else of the language's own unit."""
+    return "CER" if (unit or unit_for(lang)) == "char" else "WER"
 
 
 def _mean(values: list[float]) -> float | None:
@@ -33,6 +36,8 @@ def _mean(values: list[float]) -> float | None:
 class Report:
     # Corpus-level counts per language code.
     per_language: dict[str, EditCounts]
+    # Unit of every language's counts ("char" or "word"); None = each language's own.
+    unit: str | None = None
 
     def languages(self) -> list[str]:
         """Language codes in report order: by group, then alphabetically."""
@@ -58,13 +63,26 @@ class Report:
         """Mean of the group rates present; None for an empty report."""
         return _mean(list(self.group_rates().values()))
 
+    @property
+    def language_mean(self) -> float | None:
+        """Mean of the language rates, each language weighted alike; None for an empty report."""
+        return _mean([c.rate for c in self.per_language.values()])
+
+    def rates_line(self) -> str:
+        """One line: every language's rate and the mean over languages, in %."""
+        rates = ", ".join(
+            f"{lang} {100 * self.per_language[lang].rate:.1f}" for lang in self.languages()
+        )
+        mean = self.language_mean
+        return f"{rates}; mean over {len(self.per_language)} languages {100 * (mean or 0.0):.1f}"
+
     def to_dict(self) -> dict:
         """JSON-ready; rates are fractions (0.05 = 5 %)."""
         languages = {}
         for lang in self.languages():
             c = self.per_language[lang]
             languages[lang] = {
-                "metric": metric_of(lang),
+                "metric": metric_of(lang, self.unit),
                 "error_rate": c.rate,
                 "errors": c.errors,
                 "ref_len": c.ref_len,
@@ -78,7 +96,12 @@ class Report:
             key: {"error_rate": rates[key], "languages": langs}
             for key, langs in self.group_members().items()
         }
-        return {"languages": languages, "groups": groups, "average": self.average}
+        return {
+            "languages": languages,
+            "groups": groups,
+            "average": self.average,
+            "language_mean": self.language_mean,
+        }
 
     def to_markdown(self) -> str:
         """A language table (rates in %) followed by a group table with the average."""
@@ -89,8 +112,8 @@ class Report:
         for lang in self.languages():
             c = self.per_language[lang]
             lines.append(
-                f"| {lang} | {metric_of(lang)} | {100 * c.rate:.2f} | {c.sub} | {c.dele} | "
-                f"{c.ins} | {c.ref_len} | {c.utts} |"
+                f"| {lang} | {metric_of(lang, self.unit)} | {100 * c.rate:.2f} | {c.sub} | "
+                f"{c.dele} | {c.ins} | {c.ref_len} | {c.utts} |"
             )
         lines += ["", "| group | languages | error % |", "|---|---|---:|"]
         titles, rates = dict(GROUPS), self.group_rates()
@@ -98,11 +121,13 @@ class Report:
             lines.append(f"| {titles[key]} | {', '.join(langs)} | {100 * rates[key]:.2f} |")
         if self.average is not None:
             lines.append(f"| average | | {100 * self.average:.2f} |")
+            lines.append(f"| mean over languages | | {100 * self.language_mean:.2f} |")
         return "\n".join(lines)
 
 
-def score_utterances(items: Iterable[tuple[str, str, str, str]]) -> Report:
-    """Report of (utterance id, language, reference, hypothesis) items, normalized and scored.
+def score_utterances(items: Iterable[tuple[str, str, str, str]], unit: str | None = None) -> Report:
+    """Report of (utterance id, language, reference, hypothesis) items, normalized and scored
+    in `unit` (None: each language's own; "char": CER for every language).
 
     Raises:
         ValueError: an utterance id occurs twice.
@@ -111,5 +136,5 @@ def score_utterances(items: Iterable[tuple[str, str, str, str]]) -> Report:
     for utt_id, lang, ref, hyp in items:
         if utt_id in per_utt:
             raise ValueError(f"utterance id '{utt_id}' occurs twice")
-        per_utt[utt_id] = (lang, utterance_counts(lang, ref, hyp))
-    return Report(reduce_shards([per_utt]))
+        per_utt[utt_id] = (lang, utterance_counts(lang, ref, hyp, unit))
+    return Report(reduce_shards([per_utt]), unit)
