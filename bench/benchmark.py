@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -13,7 +14,6 @@ from bench.audio import speech_clips
 from bench.ct2 import time_ct2_decoders
 from bench.encoder import build_encoder, is_real
 from bench.machine import describe_machine, load_average
-from bench.plot import plot_times
 from bench.profiles import Profile
 from bench.report import render_markdown, update_results
 from bench.runner import (
@@ -25,6 +25,8 @@ from bench.runner import (
 )
 from bench.summary import comparisons, recommend
 from whisfusion.config import DecodeConfig
+
+log = logging.getLogger(__name__)
 
 # 1-minute load average at the start above which the machine counts as busy with other work.
 BUSY_LOAD = 0.5
@@ -84,7 +86,13 @@ def write_outputs(result: dict, out_dir: Path | None, results_path: Path | None)
         (out_dir / "decoding.md").write_text(markdown, encoding="utf-8")
         rec = result["summary"]["recommendation"]
         steps = rec["steps"] if rec else DecodeConfig().steps
-        plot_times(result["measurements"], steps, out_dir / "decoding.png")
+        try:
+            # matplotlib is a plotting extra: GPU images often lack it, and the numbers matter
+            from bench.plot import plot_times
+        except ImportError as err:
+            log.warning("no decoding.png: %s (pip install matplotlib)", err)
+        else:
+            plot_times(result["measurements"], steps, out_dir / "decoding.png")
     if results_path is not None:
         update_results(results_path, result["profile"], markdown)
 
