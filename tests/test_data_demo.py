@@ -27,9 +27,9 @@ SCRIPTS = {
 
 @pytest.mark.parametrize("lang", sorted(VOICES))
 def test_sentences_are_real_words_in_the_script_espeak_reads(lang):
-    rng = random.Random(1)
+    rng, cfg = random.Random(1), DemoConfig()
     for _ in range(5):
-        text, spoken = make_sentence(lang, rng)
+        text, spoken = make_sentence(lang, rng, cfg.vocabulary, cfg.words_per_sentence)
         if lang in SCRIPTS:
             assert re.fullmatch(SCRIPTS[lang], text), text
         if lang == "zh":  # spoken as pinyin with tone numbers
