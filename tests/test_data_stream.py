@@ -367,3 +367,14 @@ def test_lightning_fit_counts_data_and_checkpoints_the_resume_count(data, tmp_pa
     trainer.save_checkpoint(ckpt)
     state = torch.load(ckpt, weights_only=False)["WhisfusionDataModule"]
     assert state == {"resume_count": 1}
+
+
+def test_summary_accounts_for_every_sample_read():
+    report = S.StatsReport(
+        train={"read": 40, "kept": 32, "nan_audio": 2, "empty_text": 1},
+        val={"read": 8, "kept": 8},
+    )
+    train, val = report.summary().splitlines()
+    assert train.startswith("train: read 40, kept 32, skipped 3 (empty_text 1, nan_audio 2)")
+    assert "5 read but still in the duration buckets" in train
+    assert val == "val: read 8, kept 8, skipped 0 (none)"

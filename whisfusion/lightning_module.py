@@ -113,9 +113,7 @@ class WhisfusionModule(L.LightningModule):
         masked_share = corr.masked.sum() / batch["canvas_valid"].sum().clamp(min=1)
         bs = batch["tokens"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
-        if len(parts) > 1:
-            for name, value in parts.items():
-                self.log(f"train/{name}", value, batch_size=bs)
+        self._log_parts("train", parts, bs)
         self.log("train/mask_ratio", masked_share, batch_size=bs)
         self.log("train/high_mask_share", corr.high.float().mean(), batch_size=bs)
         self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), batch_size=bs)
@@ -129,10 +127,14 @@ class WhisfusionModule(L.LightningModule):
         loss, parts, _ = self.loss(batch, self.global_step, gen, features=(feats, valid))
         bs = batch["tokens"].shape[0]
         self.log("val/loss", loss, batch_size=bs, sync_dist=True)
+        self._log_parts("val", parts, bs, sync_dist=True)
+        return {"loss": loss, "features": feats, "feature_valid": valid}
+
+    def _log_parts(self, prefix: str, parts: dict, batch_size: int, **kwargs) -> None:
+        """Log each part of a loss made of several (a lone part is the loss itself)."""
         if len(parts) > 1:
             for name, value in parts.items():
-                self.log(f"val/{name}", value, batch_size=bs, sync_dist=True)
-        return {"loss": loss, "features": feats, "feature_valid": valid}
+                self.log(f"{prefix}/{name}", value, batch_size=batch_size, **kwargs)
 
     def configure_optimizers(self):
         opt, sched = build_optimizer(self.model.decoder, self.cfg.optim, self.cfg.trainer.max_steps)

@@ -118,13 +118,18 @@ class StatsReport:
         return out
 
     def summary(self) -> str:
-        """One line per split: read, kept, and skipped by reason."""
+        """One line per split: read, kept, skipped by reason, and any read but never batched."""
         lines = []
         for split, counts in (("train", self.train), ("val", self.val)):
             skipped = {k: v for k, v in counts.items() if k not in (READ, KEPT)}
             why = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"
-            lines.append(
+            line = (
                 f"{split}: read {counts.get(READ, 0)}, kept {counts.get(KEPT, 0)}, "
                 f"skipped {sum(skipped.values())} ({why})"
             )
+            # samples are counted as kept when their batch leaves the duration buckets
+            waiting = counts.get(READ, 0) - counts.get(KEPT, 0) - sum(skipped.values())
+            if waiting > 0:
+                line += f", {waiting} read but still in the duration buckets when the run ended"
+            lines.append(line)
         return "\n".join(lines)
