@@ -44,6 +44,7 @@ from data_prep.settings import PrepSettings, Source
 from data_prep.stages import STAGES, PrepError
 from whisfusion.config import CanvasConfig, load_config
 from whisfusion.data.shards import write_json_atomic
+from whisfusion.tokenizer import MODEL_TYPES, check_model_type
 
 log = logging.getLogger("data_prep")
 
@@ -73,6 +74,10 @@ def run(
     Raises:
         PrepError: a stage before `stage` is not done with these settings, or a stage failed.
     """
+    try:  # before stage 0, which can take hours on a large corpus
+        check_model_type(s.model_type)
+    except ValueError as err:
+        raise PrepError(str(err)) from None
     s.out.mkdir(parents=True, exist_ok=True)
     previous = ""
     for num, (name, fn) in enumerate(STAGES):
@@ -176,6 +181,7 @@ def prepare_demo(
     seed: int,
     *,
     jobs: int = 2,
+    model_type: str | None = None,
     vocabulary: int | None = None,
     canvas: CanvasConfig | None = None,
     max_duration: float | None = None,
@@ -184,6 +190,7 @@ def prepare_demo(
 
     Done stages (and an up-to-date corpus) are skipped, so this is cheap to call before every
     training run. Returns `data_dir` (shards, index.json, tokenizer.model, stats.json).
+    `model_type`: SentencePiece model type (None: PrepSettings' default).
     `vocabulary`: words per language the sentences draw from (None: DemoConfig's default).
     """
     data_dir = Path(data_dir)
@@ -206,6 +213,8 @@ def prepare_demo(
         jobs=jobs,
         corpus_tag=demo.fingerprint(),
     )
+    if model_type is not None:
+        settings.model_type = model_type
     if canvas is not None:
         settings.canvas = canvas
     if max_duration is not None:
@@ -250,6 +259,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, help="worker processes")
     p.add_argument("--languages", help="comma-separated language codes to keep")
     p.add_argument("--vocab-size", type=int, help="SentencePiece vocabulary size")
+    p.add_argument("--model-type", choices=MODEL_TYPES, help="SentencePiece model type")
     p.add_argument("--max-duration", type=float, help="longest utterance kept (s)")
     p.add_argument("--tokenizer-lines", type=int, help="tokenizer training lines per language")
     p.add_argument("--shard-size-mb", type=float, help="target shard size (MB)")
@@ -270,11 +280,13 @@ def _settings(args: argparse.Namespace) -> PrepSettings:
         cfg = load_config(args.config)
         s.languages = list(cfg.model.tokenizer.languages)
         s.vocab_size = cfg.model.tokenizer.vocab_size
+        s.model_type = cfg.model.tokenizer.model_type
         s.canvas = cfg.model.canvas
         s.max_duration = cfg.data.max_duration
     for arg, attr in [
         ("jobs", "jobs"),
         ("vocab_size", "vocab_size"),
+        ("model_type", "model_type"),
         ("max_duration", "max_duration"),
         ("tokenizer_lines", "tokenizer_lines"),
         ("shard_size_mb", "shard_size_mb"),
@@ -308,6 +320,7 @@ def main(argv: list[str] | None = None) -> None:
                 s.vocab_size,
                 s.seed,
                 jobs=s.jobs,
+                model_type=s.model_type,
                 vocabulary=args.demo_vocabulary,
                 canvas=s.canvas,
                 max_duration=s.max_duration,

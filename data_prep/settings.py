@@ -33,6 +33,8 @@ class PrepSettings:
     languages: list[str] = field(default_factory=lambda: list(TokenizerConfig().languages))
     # SentencePiece vocabulary size.
     vocab_size: int = TokenizerConfig().vocab_size
+    # SentencePiece model type (see whisfusion.tokenizer.MODEL_TYPES).
+    model_type: str = TokenizerConfig().model_type
     # Longest utterance kept, seconds (the Whisper window).
     max_duration: float = DataConfig().max_duration
     # Canvas rule for the fit check; its r_max is ignored (the tokenizer stage measures it).
@@ -62,6 +64,7 @@ class PrepSettings:
             },
             "tokenizer": {
                 "vocab_size": self.vocab_size,
+                "model_type": self.model_type,
                 "tokenizer_lines": self.tokenizer_lines,
                 "seed": self.seed,
             },

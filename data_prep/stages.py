@@ -248,9 +248,20 @@ def stage_tokenizer(s: PrepSettings, stage_hash: str) -> dict[str, Any]:
     train = s.out / "manifests" / "train_raw.jsonl"
     lines, per_lang = balanced_lines(train, s.languages, s.tokenizer_lines, s.seed)
     log.info("training the tokenizer on %d lines (%d per language)", len(lines), per_lang)
-    coverage = character_coverage(lines, s.vocab_size, len(s.languages))
+    # A char model is as large as its characters need, so there is no vocabulary room to fit:
+    # it takes the upper coverage, whose few rarest characters (too rare for their own rows to
+    # be trained) fall back to bytes.
+    if s.model_type == "char":
+        coverage = MAX_CHARACTER_COVERAGE
+    else:
+        coverage = character_coverage(lines, s.vocab_size, len(s.languages))
     tok = train_tokenizer(
-        lines, s.languages, s.vocab_size, s.out / "tokenizer.model", character_coverage=coverage
+        lines,
+        s.languages,
+        s.vocab_size,
+        s.out / "tokenizer.model",
+        character_coverage=coverage,
+        model_type=s.model_type,
     )
     rates: dict[str, array] = {}
     for utt in tqdm(read_manifest(train), desc="tokens/s", unit="utt", disable=None):
@@ -264,6 +275,7 @@ def stage_tokenizer(s: PrepSettings, stage_hash: str) -> dict[str, Any]:
         "rounded up to 0.5",
         "tokens_per_second": {"all": pooled, **per_language},
         "tokenizer": {
+            "model_type": s.model_type,
             "vocab_size": tok.vocab_size,
             "lines_per_language": per_lang,
             "character_coverage": coverage,

@@ -15,8 +15,9 @@ from data_fixtures import tone_corpus, write_audio
 
 from data_prep.prepare import main, run
 from data_prep.settings import PrepSettings, Source
-from data_prep.stages import STAGES, PrepError, balanced_lines
+from data_prep.stages import MAX_CHARACTER_COVERAGE, STAGES, PrepError, balanced_lines
 from whisfusion.data.manifest import read_manifest
+from whisfusion.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -129,6 +130,40 @@ def test_rerun_skips_done_stages_and_redoes_changed_ones(corpus, tmp_path, caplo
     # shards of the previous run that this one did not write are gone
     on_disk = {f"shards/train/{p.name}" for p in (out / "shards" / "train").glob("*.tar")}
     assert on_disk == {s["path"] for s in index["splits"]["train"]["shards"]}
+
+    # a new tokenizer model type redoes the tokenizer and every stage after it
+    run(settings(corpus, out, shard_samples=3, model_type="char"))
+    then = {p.name: p.stat().st_mtime_ns for p in (out / "reports").iterdir()}
+    assert [n for n in sorted(then) if then[n] != now[n]] == [
+        "filter.json",
+        "shards.json",
+        "tokenizer.json",
+        "verify.json",
+    ]
+    assert json.loads((out / "stats.json").read_text())["tokenizer"]["model_type"] == "char"
+
+
+def test_tokenizer_settings_come_from_the_run_config(corpus, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "model:\n  tokenizer:\n    model_type: char\n    languages: [en, de]\n"
+        "data:\n  max_duration: 3.0\n"
+    )
+    out = tmp_path / "data"
+    args = ["jsonl:" + str(corpus), "--out", str(out), "--config", str(config), "--jobs", "1"]
+    main(args + ["--stop-stage", "1"])
+    stats = json.loads((out / "stats.json").read_text())["tokenizer"]
+    assert stats["model_type"] == "char" and stats["character_coverage"] == MAX_CHARACTER_COVERAGE
+    tok = Tokenizer.from_file(out / "tokenizer.model")
+    text = next(read_manifest(out / "manifests" / "train_raw.jsonl")).text
+    assert len(tok.encode(text)) == len(text)  # one token per character
+
+
+def test_unknown_model_type_fails_before_any_stage(corpus, tmp_path):
+    out = tmp_path / "data"
+    with pytest.raises(PrepError, match="model_type must be one of .*; got 'word'"):
+        run(settings(corpus, out, model_type="word"))
+    assert not out.exists()
 
 
 def test_stage_range_and_order(corpus, tmp_path):

@@ -50,6 +50,49 @@ def test_file_and_bytes_round_trip(tok, tmp_path):
         Tokenizer.from_file(tmp_path / "missing.model")
 
 
+@pytest.fixture(scope="module")
+def char_tok():
+    lines = [f"{t} {i}" for i in range(50) for t in TEXTS.values()]
+    # vocab_size far below what the characters need: a char model must ignore it
+    return train_tokenizer(
+        lines, list(TEXTS), vocab_size=270, character_coverage=1.0, model_type="char"
+    ), lines
+
+
+def test_char_model_has_one_token_per_character(char_tok):
+    tok, lines = char_tok
+    ids = tok.encode("abc")
+    assert [tok.sp.id_to_piece(i) for i in ids] == ["a", "b", "c"]
+    assert tok.decode(ids) == "abc"
+    # <unk>, <|eos|>, one token per language, 256 bytes, every character seen (space as "▁")
+    assert tok.vocab_size == 2 + len(TEXTS) + 256 + len(set("".join(lines)))
+    for text in ["the lazy dog", "Ærø — naïve façade?", "你好，世界。"]:
+        assert tok.decode(tok.encode(text)) == text
+
+
+def test_char_model_keeps_special_ids(char_tok):
+    tok, _ = char_tok
+    assert tok.eos_id == 1
+    assert [tok.lang_id(lang) for lang in TEXTS] == [2, 3, 4, 5]
+    assert tok.mask_id == tok.vocab_size
+    ids = [tok.lang_id("de"), *tok.encode("der Hund"), tok.eos_id, tok.mask_id]
+    assert tok.decode(ids) == "der Hund"
+
+
+def test_bpe_model_round_trips():
+    lines = [f"{t} {i}" for i in range(20) for t in TEXTS.values()]
+    tok = train_tokenizer(lines, list(TEXTS), vocab_size=330, model_type="bpe")
+    assert tok.eos_id == 1 and tok.lang_id("ja") == 5
+    assert tok.decode(tok.encode("the brown Fuchs")) == "the brown Fuchs"
+
+
+def test_unknown_model_type_is_named():
+    with pytest.raises(
+        ValueError, match="model_type must be one of unigram, bpe, char; got 'word'"
+    ):
+        train_tokenizer(["a b c"], ["en"], vocab_size=300, model_type="word")
+
+
 def test_canvas_length_rule():
     cfg = CanvasConfig(r_max=10.0, margin=4, multiple=8, min_len=16, max_len=64)
     assert canvas_length(0.1, cfg) == 16  # clipped to min_len

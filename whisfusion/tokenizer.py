@@ -19,7 +19,11 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from whisfusion.config import TokenizerConfig
+
 EOS_PIECE = "<|eos|>"
+# SentencePiece model types a tokenizer may be trained as (config key model.tokenizer.model_type).
+MODEL_TYPES = ("unigram", "bpe", "char")
 
 
 def lang_piece(lang: str) -> str:
@@ -94,24 +98,46 @@ class Tokenizer:
             raise ValueError(f"{path}: not a SentencePiece model ({err})") from None
 
 
+def check_model_type(model_type: str) -> None:
+    """Raise ValueError unless `model_type` is one of `MODEL_TYPES`."""
+    if model_type not in MODEL_TYPES:
+        raise ValueError(
+            f"model.tokenizer.model_type must be one of {', '.join(MODEL_TYPES)}; "
+            f"got '{model_type}'"
+        )
+
+
 def train_tokenizer(
     texts: Iterable[str],
     languages: Sequence[str],
     vocab_size: int,
     out_path: str | Path | None = None,
     character_coverage: float = 0.9995,
+    model_type: str = TokenizerConfig().model_type,
 ) -> Tokenizer:
-    """Train a unigram SentencePiece model on `texts` (ideally language-balanced).
+    """Train a SentencePiece model of `model_type` on `texts` (ideally language-balanced).
 
     Byte fallback is on, so a character never seen in training still encodes (as bytes).
+    A "char" model ignores `vocab_size`: it holds every character within `character_coverage`.
     Writes `out_path` (a `.model` file) when given.
+
+    Raises:
+        ValueError: `model_type` is not one of `MODEL_TYPES`.
     """
+    check_model_type(model_type)
+    char = model_type == "char"
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts),
         model_writer=buf,
-        model_type="unigram",
+        model_type=model_type,
         vocab_size=vocab_size,
+        # the char trainer otherwise truncates the characters at vocab_size
+        use_all_vocab=char,
+        # a leading "▁" is a token of its own in a char model: one more canvas position per
+        # transcript that tells nothing; subword models need it so a first word splits as
+        # it does mid-sentence
+        add_dummy_prefix=not char,
         character_coverage=character_coverage,
         byte_fallback=True,
         unk_id=0,

@@ -90,8 +90,11 @@ class CanvasConfig:
 class TokenizerConfig:
     # Path of the SentencePiece model; the trained file also travels inside every checkpoint.
     path: str = ""
-    # SentencePiece vocabulary size, special tokens included.
+    # SentencePiece vocabulary size, special tokens included (model_type char ignores it).
     vocab_size: int = 2000
+    # SentencePiece model: "unigram" or "bpe" (subwords), or "char" (one token per character:
+    # longer canvases, but every token is seen often, which helps small corpora and CJK).
+    model_type: str = "unigram"
     # Languages that get a `<|xx|>` token.
     languages: list[str] = field(
         default_factory=lambda: ["en", "de", "fr", "es", "it", "pt", "nl", "ru", "zh", "ja", "ko"]
