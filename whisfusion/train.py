@@ -162,7 +162,8 @@ def run_training(cfg: RunConfig) -> Path:
     except TrainingStopped as stopped:
         print(f"whisfusion: {stopped}", flush=True)
         return run_dir
-    trainer.validate(module, datamodule=data, verbose=False)
+    if validation.report_step != trainer.global_step:  # the same on every rank
+        trainer.validate(module, datamodule=data, verbose=False)
     if trainer.is_global_zero:
         print_summary(run_dir, validation, data)
     return run_dir

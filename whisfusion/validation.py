@@ -32,6 +32,8 @@ class PDDValidation(L.Callback):
         self.report: Report | None = None
         # CER of every language (characters), beside the report in each language's own unit
         self.char_report: Report | None = None
+        # optimizer step of the latest report (None before the first)
+        self.report_step: int | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -85,6 +87,7 @@ class PDDValidation(L.Callback):
         # collectives: every rank calls them
         self.report = Report(gather_counts(self._counts))
         self.char_report = Report(gather_counts(self._char_counts), unit="char")
+        self.report_step = trainer.global_step
         for lang in self.report.languages():
             metric = metric_of(lang).lower()
             pl_module.log(
