@@ -86,6 +86,7 @@ def test_manifest_evaluation_matches_the_score_command(checkpoint, corpus, tmp_p
     assert scored["languages"] == results["scores"]["languages"]
     assert scored["groups"] == results["scores"]["groups"]
     assert scored["average"] == results["scores"]["average"]
+    assert scored["cer_every_language"] == results["cer_every_language"]
 
 
 def test_shards_give_what_the_manifest_gives(checkpoint, corpus, tmp_path):

@@ -83,12 +83,16 @@ def run(args) -> int:
     no_ref = [i for i in hyps if i not in refs]
     _missing(no_hyp, f"references have no hypothesis in {args.hyp}; scored as empty hypotheses")
     _missing(no_ref, f"hypotheses have no reference in {args.ref}; not scored")
-    report = score_utterances(
+    scored = [
         (i, r["lang"], r["text"], hyps[i]["text"] if i in hyps else "") for i, r in refs.items()
-    )
+    ]
+    report = score_utterances(scored)
+    char_report = score_utterances(scored, unit="char")
     print(report.to_markdown())
+    print(f"\nCER (characters), every language: {char_report.rates_line()}")
     if args.json is not None:
         data = report.to_dict()
+        data["cer_every_language"] = char_report.to_dict()
         data["missing_hypotheses"] = len(no_hyp)
         data["unscored_hypotheses"] = len(no_ref)
         args.json.parent.mkdir(parents=True, exist_ok=True)
