@@ -42,18 +42,24 @@ def save_checkpoint(model: Whisfusion, path: Path) -> Path:
     return path
 
 
-def fit_batches(module, batches: list[dict], tmp_path: Path, callbacks=()) -> L.Trainer:
-    """Train `module` one optimizer step per batch of `batches`, on the CPU, without logging."""
-    trainer = L.Trainer(
-        max_steps=len(batches),
+def cpu_trainer(tmp_path: Path, max_steps: int, callbacks=()) -> L.Trainer:
+    """A CPU trainer without logging, checkpoints, progress bar or sanity validation."""
+    return L.Trainer(
+        max_steps=max_steps,
         accelerator="cpu",
         devices=1,
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        num_sanity_val_steps=0,
         default_root_dir=tmp_path,
         callbacks=list(callbacks),
     )
+
+
+def fit_batches(module, batches: list[dict], tmp_path: Path, callbacks=()) -> L.Trainer:
+    """Train `module` one optimizer step per batch of `batches`, on the CPU, without logging."""
+    trainer = cpu_trainer(tmp_path, len(batches), callbacks)
     trainer.fit(module, DataLoader(batches, batch_size=None))
     return trainer

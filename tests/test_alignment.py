@@ -11,6 +11,7 @@ from whisfusion.alignment import (
     expected_positions,
     greedy_ctc,
     new_token_probability,
+    squared_distance,
 )
 from whisfusion.config import DecoderConfig
 from whisfusion.decoder import DiffusionDecoder
@@ -57,7 +58,7 @@ def test_invalid_frames_start_no_token():
 
 def test_alignment_bias_peaks_where_positions_meet():
     key_pos = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
-    bias = alignment_bias(torch.arange(3), key_pos, torch.tensor([1.0, 0.0]))
+    bias = alignment_bias(squared_distance(torch.arange(3), key_pos), torch.tensor([1.0, 0.0]))
     assert bias.shape == (1, 2, 3, 4)
     for i in range(3):
         assert int(bias[0, 0, i].argmax()) == i  # query i prefers the frame at position i

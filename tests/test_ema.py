@@ -3,7 +3,7 @@
 import lightning as L
 import pytest
 import torch
-from model_fixtures import tiny_model
+from model_fixtures import cpu_trainer, tiny_model
 from torch.utils.data import DataLoader
 
 from whisfusion.callbacks.ema import EMA, EMA_KEY, ema_update
@@ -60,21 +60,6 @@ class Recorder(L.Callback):
         self.in_val = _decoder_state(pl_module)
 
 
-def _trainer(tmp_path, max_steps, callbacks):
-    return L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        default_root_dir=tmp_path,
-        callbacks=callbacks,
-    )
-
-
 def _assert_states_equal(a, b, exact: bool = True):
     """Equal state dicts: bit for bit, or up to float rounding (an average computed two ways)."""
     assert a.keys() == b.keys()
@@ -88,7 +73,7 @@ def test_ema_validates_on_the_average_checkpoints_and_resumes(tmp_path):
     module = WhisfusionModule(tiny_model(overrides))
     batches = _batches(module.model, 3)
     recorder, ema = Recorder(), EMA(DECAY)
-    trainer = _trainer(tmp_path, 3, [recorder, ema])
+    trainer = cpu_trainer(tmp_path, 3, [recorder, ema])
     loader = DataLoader(batches, batch_size=None)
     trainer.fit(module, loader, DataLoader(batches[:1], batch_size=None))
 
@@ -115,7 +100,7 @@ def test_ema_validates_on_the_average_checkpoints_and_resumes(tmp_path):
     # resume for one more step: the restored average moves on, it does not restart
     module2 = WhisfusionModule(tiny_model(overrides))
     recorder2, ema2 = Recorder(), EMA(DECAY)
-    trainer2 = _trainer(tmp_path, 4, [recorder2, ema2])
+    trainer2 = cpu_trainer(tmp_path, 4, [recorder2, ema2])
     trainer2.fit(
         module2, DataLoader(_batches(module.model, 3, seed=1), batch_size=None), ckpt_path=path
     )
@@ -127,7 +112,7 @@ def test_ema_validates_on_the_average_checkpoints_and_resumes(tmp_path):
 def test_checkpoint_saved_while_swapped_keeps_the_trained_weights(tmp_path):
     module = WhisfusionModule(tiny_model(["trainer.max_steps=2", "optim.warmup_steps=1"]))
     ema = EMA(DECAY)
-    trainer = _trainer(tmp_path, 2, [ema])
+    trainer = cpu_trainer(tmp_path, 2, [ema])
     trainer.fit(module, DataLoader(_batches(module.model, 2), batch_size=None))
     trained, averages = _decoder_state(module), dict(ema._averages(module))
     with ema.applied(module):

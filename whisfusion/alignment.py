@@ -51,9 +51,9 @@ def new_token_probability(log_probs: torch.Tensor, valid: torch.Tensor, blank: i
         log_probs: (N, S, V + 1) CTC log-probabilities; valid: (N, S) bool.
     """
     probs = log_probs.exp()
-    labels = torch.cat((probs[..., :blank], probs[..., blank + 1 :]), dim=-1)
-    previous = F.pad(labels[:, :-1], (0, 0, 1, 0))  # frame -1 emits nothing
-    repeat = (labels * previous).sum(dim=-1)
+    previous = F.pad(probs[:, :-1], (0, 0, 1, 0))  # frame -1 emits nothing
+    # same label on both frames, blank excluded
+    repeat = (probs * previous).sum(dim=-1) - probs[..., blank] * previous[..., blank]
     emit = (1.0 - probs[..., blank] - repeat).clamp(min=0.0)
     return emit * valid
 
@@ -67,20 +67,26 @@ def expected_positions(log_probs: torch.Tensor, valid: torch.Tensor, blank: int)
     return new_token_probability(log_probs, valid, blank).cumsum(dim=1)
 
 
-def alignment_bias(
-    query_pos: torch.Tensor, key_pos: torch.Tensor, sharpness: torch.Tensor
-) -> torch.Tensor:
-    """Additive cross-attention bias -sharpness_h * (i - key_pos_j)^2.
+def squared_distance(query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
+    """(N, Q, S) squared distance (i - key_pos_j)^2 between canvas positions.
 
     Args:
         query_pos: (Q,) canvas position of each query.
         key_pos: (N, S) expected canvas position of each encoder frame.
+    """
+    return (query_pos.float()[None, :, None] - key_pos.float()[:, None, :]).square()
+
+
+def alignment_bias(sq_distance: torch.Tensor, sharpness: torch.Tensor) -> torch.Tensor:
+    """Additive cross-attention bias -sharpness_h * (i - key_pos_j)^2.
+
+    Args:
+        sq_distance: (N, Q, S) from `squared_distance`.
         sharpness: (H,) non-negative, one per head (0 = no prior for that head).
     Returns:
         (N, H, Q, S) float bias.
     """
-    dist = query_pos.float()[None, :, None] - key_pos.float()[:, None, :]  # (N, Q, S)
-    return -sharpness.float()[None, :, None, None] * dist.square()[:, None]
+    return -sharpness.float()[None, :, None, None] * sq_distance[:, None]
 
 
 def ctc_loss(

@@ -31,7 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from whisfusion.alignment import AlignmentHead, alignment_bias, expected_positions
+from whisfusion.alignment import (
+    AlignmentHead,
+    alignment_bias,
+    expected_positions,
+    squared_distance,
+)
 from whisfusion.config import DecoderConfig
 
 
@@ -112,18 +117,18 @@ class CrossAttention(nn.Module):
         k, v = self.kv(features).view(n, s, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def forward(self, x, k, v, key_mask, key_pos=None):
+    def forward(self, x, k, v, key_mask, sq_distance=None):
         """x: (N*K, L, D) with K rows per utterance; k, v: (N, H, S, Dh); key_mask: (N, 1, 1, S);
-        key_pos: (N, S) expected canvas position of each frame, or None (no prior)."""
+        sq_distance: (N, K*L, S) squared distance of each query row's canvas position to each
+        frame's expected position (`squared_distance`), or None (no prior)."""
         rows, length, width = x.shape
         n = k.shape[0]
         group = rows // n
         q = self.q(x).view(n, group * length, self.heads, -1).transpose(1, 2)  # (N, H, K*L, Dh)
         drop = self.dropout if self.training else 0.0
         mask = key_mask
-        if self.prior_sharpness is not None and key_pos is not None:
-            query_pos = torch.arange(length, device=x.device).repeat(group)  # (K*L,)
-            bias = alignment_bias(query_pos, key_pos, F.softplus(self.prior_sharpness))
+        if self.prior_sharpness is not None and sq_distance is not None:
+            bias = alignment_bias(sq_distance, F.softplus(self.prior_sharpness))
             mask = bias.masked_fill(~key_mask, float("-inf")).to(q.dtype)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.out(y.transpose(1, 2).reshape(rows, length, width))
@@ -154,9 +159,9 @@ class DecoderBlock(nn.Module):
         self.mlp = SwiGLU(cfg.width, hidden)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, self_mask, k, v, key_mask, key_pos=None):
+    def forward(self, x, cos, sin, self_mask, k, v, key_mask, sq_distance=None):
         x = x + self.drop(self.self_attn(self.norm_self(x), cos, sin, self_mask))
-        x = x + self.drop(self.cross_attn(self.norm_cross(x), k, v, key_mask, key_pos))
+        x = x + self.drop(self.cross_attn(self.norm_cross(x), k, v, key_mask, sq_distance))
         return x + self.drop(self.mlp(self.norm_mlp(x)))
 
 
@@ -227,12 +232,17 @@ class DiffusionDecoder(nn.Module):
         )
         self_mask = None if canvas_valid is None else canvas_valid[:, None, None, :]
         key_mask = cache.key_valid[:, None, None, :]
+        sq_distance = None
+        if self.align is not None and cache.key_pos is not None:
+            # once per forward, shared by every layer: query row k*L + i sits at position i
+            query_pos = torch.arange(length, device=tokens.device).repeat(rows // cache.batch)
+            sq_distance = squared_distance(query_pos, cache.key_pos)
         x = self.embed(tokens) + self.pos_embed.weight[:length]
         for blk, k, v in zip(self.blocks, cache.keys, cache.values, strict=False):
             if self.cfg.activation_checkpointing and self.training:
                 x = checkpoint(
-                    blk, x, cos, sin, self_mask, k, v, key_mask, cache.key_pos, use_reentrant=False
+                    blk, x, cos, sin, self_mask, k, v, key_mask, sq_distance, use_reentrant=False
                 )
             else:
-                x = blk(x, cos, sin, self_mask, k, v, key_mask, cache.key_pos)
+                x = blk(x, cos, sin, self_mask, k, v, key_mask, sq_distance)
         return self.head(self.norm_out(x)).float()
