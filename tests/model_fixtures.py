@@ -42,6 +42,20 @@ def save_checkpoint(model: Whisfusion, path: Path) -> Path:
     return path
 
 
+def feature_batches(model: Whisfusion, n: int, seed: int = 0) -> list[dict]:
+    """`n` training batches of 2 utterances: random encoder features and token canvases."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        {
+            "features": torch.randn(2, 10, model.encoder.width, generator=g),
+            "feature_valid": torch.ones(2, 10, dtype=torch.bool),
+            "tokens": torch.randint(2, model.tokenizer.vocab_size, (2, 16), generator=g),
+            "canvas_valid": torch.ones(2, 16, dtype=torch.bool),
+        }
+        for _ in range(n)
+    ]
+
+
 def cpu_trainer(tmp_path: Path, max_steps: int, callbacks=()) -> L.Trainer:
     """A CPU trainer without logging, checkpoints, progress bar or sanity validation."""
     return L.Trainer(

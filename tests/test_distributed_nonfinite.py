@@ -3,7 +3,7 @@
 import lightning as L
 import pytest
 import torch
-from model_fixtures import fit_batches, tiny_model
+from model_fixtures import feature_batches, fit_batches, tiny_model
 
 from whisfusion.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError, detached_zero_loss
 from whisfusion.lightning_module import WhisfusionModule
@@ -39,21 +39,10 @@ def test_detached_zero_loss_gives_zero_gradients_to_every_parameter():
 
 
 def _batches(model, n: int, nan_at: set[int]) -> list[dict]:
-    g = torch.Generator().manual_seed(0)
-    out = []
-    for i in range(n):
-        feats = torch.randn(2, 10, model.encoder.width, generator=g)
-        if i in nan_at:
-            feats[0, 3] = float("nan")
-        out.append(
-            {
-                "features": feats,
-                "feature_valid": torch.ones(2, 10, dtype=torch.bool),
-                "tokens": torch.randint(2, model.tokenizer.vocab_size, (2, 16), generator=g),
-                "canvas_valid": torch.ones(2, 16, dtype=torch.bool),
-            }
-        )
-    return out
+    batches = feature_batches(model, n)
+    for i in nan_at:
+        batches[i]["features"][0, 3] = float("nan")
+    return batches
 
 
 class StepRecorder(L.Callback):

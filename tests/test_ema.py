@@ -3,7 +3,7 @@
 import lightning as L
 import pytest
 import torch
-from model_fixtures import cpu_trainer, tiny_model
+from model_fixtures import cpu_trainer, feature_batches, tiny_model
 from torch.utils.data import DataLoader
 
 from whisfusion.callbacks.ema import EMA, EMA_KEY, ema_update
@@ -24,20 +24,6 @@ def test_ema_update_is_the_exponential_average():
 def test_decay_out_of_range_is_refused():
     with pytest.raises(ValueError, match="ema_decay"):
         EMA(1.0)
-
-
-def _batches(model, n: int, seed: int = 0) -> list[dict]:
-    g = torch.Generator().manual_seed(seed)
-    vocab = model.tokenizer.vocab_size
-    return [
-        {
-            "features": torch.randn(2, 10, model.encoder.width, generator=g),
-            "feature_valid": torch.ones(2, 10, dtype=torch.bool),
-            "tokens": torch.randint(2, vocab, (2, 16), generator=g),
-            "canvas_valid": torch.ones(2, 16, dtype=torch.bool),
-        }
-        for _ in range(n)
-    ]
 
 
 def _decoder_state(module) -> dict[str, torch.Tensor]:
@@ -71,7 +57,7 @@ def _assert_states_equal(a, b, exact: bool = True):
 def test_ema_validates_on_the_average_checkpoints_and_resumes(tmp_path):
     overrides = ["trainer.max_steps=4", "optim.warmup_steps=1", "optim.lr=0.01"]
     module = WhisfusionModule(tiny_model(overrides))
-    batches = _batches(module.model, 3)
+    batches = feature_batches(module.model, 3)
     recorder, ema = Recorder(), EMA(DECAY)
     trainer = cpu_trainer(tmp_path, 3, [recorder, ema])
     loader = DataLoader(batches, batch_size=None)
@@ -102,7 +88,9 @@ def test_ema_validates_on_the_average_checkpoints_and_resumes(tmp_path):
     recorder2, ema2 = Recorder(), EMA(DECAY)
     trainer2 = cpu_trainer(tmp_path, 4, [recorder2, ema2])
     trainer2.fit(
-        module2, DataLoader(_batches(module.model, 3, seed=1), batch_size=None), ckpt_path=path
+        module2,
+        DataLoader(feature_batches(module.model, 3, seed=1), batch_size=None),
+        ckpt_path=path,
     )
     w4 = recorder2.after_step[-1]
     moved_on = {k: DECAY * averages[k] + (1 - DECAY) * w4[k] for k in w4}
@@ -113,7 +101,7 @@ def test_checkpoint_saved_while_swapped_keeps_the_trained_weights(tmp_path):
     module = WhisfusionModule(tiny_model(["trainer.max_steps=2", "optim.warmup_steps=1"]))
     ema = EMA(DECAY)
     trainer = cpu_trainer(tmp_path, 2, [ema])
-    trainer.fit(module, DataLoader(_batches(module.model, 2), batch_size=None))
+    trainer.fit(module, DataLoader(feature_batches(module.model, 2), batch_size=None))
     trained, averages = _decoder_state(module), dict(ema._averages(module))
     with ema.applied(module):
         _assert_states_equal(_decoder_state(module), averages)
