@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_prep.demo_corpus import VOICES, DemoConfig, build_demo_corpus, make_sentence
+from data_prep.demo_corpus import (
+    VOICES,
+    DemoConfig,
+    build_demo_corpus,
+    make_sentence,
+    plan_utterances,
+)
 from data_prep.prepare import prepare_demo
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
@@ -38,6 +44,24 @@ def test_sentences_are_real_words_in_the_script_espeak_reads(lang):
             assert spoken.replace(" ", "") + "。" == text
         else:
             assert spoken == text and 3 <= len(text.split()) <= 9
+
+
+def test_more_training_data_keeps_the_held_out_set_and_extends_training():
+    def plan(train: int) -> dict[str, list]:
+        cfg = DemoConfig(languages=["en", "ko"], train_per_lang=train, valid_per_lang=4)
+        out: dict[str, list] = {"train": [], "valid": []}
+        for split, row, settings in plan_utterances(cfg):
+            out[split].append((row, settings))
+        return out
+
+    small, large = plan(5), plan(12)
+    assert small["valid"] == large["valid"]  # same sentences, voices, rates and pitches
+    for lang in ("en", "ko"):
+        few = [u for u in small["train"] if u[0]["lang"] == lang]
+        many = [u for u in large["train"] if u[0]["lang"] == lang]
+        assert len(few) == 5 and many[:5] == few
+    held_out = {row["text"] for row, _ in large["valid"]}
+    assert not held_out & {row["text"] for row, _ in large["train"]}
 
 
 def read_rows(root, split):
