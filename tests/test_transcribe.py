@@ -10,11 +10,12 @@ import torch
 from data_fixtures import write_audio
 from model_fixtures import save_checkpoint, tiny_model
 
+from whisfusion.alignment import greedy_ctc
 from whisfusion.cli import main
 from whisfusion.longform import plan_chunks
 from whisfusion.model import Whisfusion
 from whisfusion.pdd import Transcript
-from whisfusion.transcribe import _Chunk, pack_batches, sources_from_inputs
+from whisfusion.transcribe import _Chunk, pack_batches, sources_from_inputs, with_overrides
 
 SR = 16000
 
@@ -178,6 +179,27 @@ def test_bad_arguments_are_refused(model):
         model.transcribe(torch.zeros(1600), language="xx")
     with pytest.raises(ValueError, match="selection method"):
         model.transcribe(torch.zeros(1600), select="best")
+    with pytest.raises(ValueError, match="decode method must be one of pdd, ctc; got 'beam'"):
+        model.check_decode(with_overrides(model.cfg.decode, method="beam"))
+    with pytest.raises(ValueError, match="align_hidden is 0"):  # no alignment head to read
+        model.read_ctc(torch.zeros(1, 5, model.encoder.width), torch.ones(1, 5, dtype=bool))
+
+
+def test_ctc_method_reads_the_alignment_head_greedily():
+    aligned = tiny_model(["model.decoder.align_hidden=16"])
+    audio = torch.zeros(2, 2 * SR)
+    audio[0], audio[1, :SR] = noise(2.0, 5), noise(1.0, 6)
+    features, valid = aligned.encode(audio, torch.tensor([2 * SR, SR]))
+    cache = aligned.cross_cache(features, valid)
+    ids = greedy_ctc(cache.ctc_log_probs, valid, aligned.decoder.align.blank)
+    expected = [aligned.tokenizer.decode(row).strip() for row in ids]
+    assert any(expected)  # an untrained head still emits tokens: the comparison means something
+    ctc = with_overrides(aligned.cfg.decode, method="ctc")
+    got = aligned.decode_features(features, valid, [2.0, 1.0], ["de", None], decode=ctc)
+    assert [t.text for t in got] == expected
+    assert [t.language for t in got] == ["de", None]  # the head reads no language
+    pdd = aligned.decode_features(features, valid, [2.0, 1.0], ["de", None])
+    assert [t.text for t in pdd] != expected
 
 
 # ---------------------------------------------------------------------------- the command
@@ -217,6 +239,18 @@ def test_transcribe_command_jsonl_and_txt(model, checkpoint, tmp_path, capsys):
     # stdout, when no --output
     assert transcribe_cli(checkpoint, str(audio / "one.wav")) == 0
     assert capsys.readouterr().out == f"{audio / 'one.wav'}\t{expected[0].text}\n"
+
+
+def test_transcribe_command_ctc_method(model, checkpoint, tmp_path, capsys):
+    wav = tmp_path / "one.wav"
+    write_audio(wav, 1.2, rate=16000, seed=1)
+    aligned = tiny_model(["model.decoder.align_hidden=16"])
+    aligned_ckpt = save_checkpoint(aligned, tmp_path / "aligned.ckpt")
+    assert transcribe_cli(aligned_ckpt, str(wav), "--method", "ctc") == 0
+    aligned.cfg.decode.method = "ctc"
+    assert capsys.readouterr().out == f"{wav}\t{aligned.transcribe(str(wav))[0].text}\n"
+    with pytest.raises(SystemExit, match="align_hidden is 0"):
+        transcribe_cli(checkpoint, str(wav), "--method", "ctc")
 
 
 def test_transcribe_command_fails_when_nothing_is_transcribed(checkpoint, tmp_path, capsys):

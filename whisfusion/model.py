@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from whisfusion.alignment import AlignmentHead, greedy_ctc
 from whisfusion.canvas import canvas_length
 from whisfusion.config import (
     DecodeConfig,
@@ -23,6 +24,7 @@ from whisfusion.config import (
     config_from_dict,
     config_to_dict,
 )
+from whisfusion.config.decode import DECODE_METHODS
 from whisfusion.decoder import CrossCache, DiffusionDecoder
 from whisfusion.encoder import FrozenWhisperEncoder
 from whisfusion.pdd import Transcript, canvas_for, decode_result, options_from_config, pdd_decode
@@ -118,7 +120,8 @@ class Whisfusion(nn.Module):
         generator: torch.Generator | None = None,
         return_trajectory: bool = False,
     ) -> list[Transcript]:
-        """PDD over encoder features: one transcript per utterance.
+        """PDD over encoder features (or, with `decode.method` "ctc", the greedy reading of the
+        alignment head): one transcript per utterance.
 
         Args:
             features: (N, T, E) encoder output; valid: (N, T) bool.
@@ -129,6 +132,9 @@ class Whisfusion(nn.Module):
             generator: sampling noise; default a fresh one seeded with `decode.seed`.
         """
         decode = decode or self.cfg.decode
+        self.check_decode(decode)
+        if decode.method == "ctc":
+            return self.read_ctc(features, valid, languages)
         if generator is None:
             generator = torch.Generator().manual_seed(decode.seed)
         lengths = [canvas_length(float(d), self.cfg.model.canvas) for d in durations]
@@ -158,6 +164,48 @@ class Whisfusion(nn.Module):
             **options_from_config(decode),
         )
         return decode_result(result, self.tokenizer, decode.select, languages)
+
+    def check_decode(self, decode: DecodeConfig) -> None:
+        """Raise ValueError when `decode.method` is unknown or this model lacks what it reads."""
+        if decode.method not in DECODE_METHODS:
+            raise ValueError(
+                f"decode method must be one of {', '.join(DECODE_METHODS)}; got '{decode.method}'"
+            )
+        if decode.method == "ctc":
+            self._alignment_head()
+
+    def _alignment_head(self) -> AlignmentHead:
+        if self.decoder.align is None:
+            raise ValueError(
+                "decode method 'ctc' reads the alignment head, and this model has none "
+                "(model.decoder.align_hidden is 0)"
+            )
+        return self.decoder.align
+
+    @torch.no_grad()
+    def read_ctc(
+        self,
+        features: torch.Tensor,
+        valid: torch.Tensor,
+        languages: Sequence[str | None] | None = None,
+    ) -> list[Transcript]:
+        """Greedy CTC reading of the alignment head: one transcript per utterance.
+
+        The head reads tokens only: an utterance's language is the given one, else None.
+        features: (N, T, E) encoder output; valid: (N, T) bool.
+
+        Raises:
+            ValueError: the model has no alignment head.
+        """
+        head = self._alignment_head()
+        log_probs = head(features.to(self.device, self.decoder.head.weight.dtype))
+        ids = greedy_ctc(log_probs, valid.to(self.device), head.blank)
+        languages = languages if languages is not None else [None] * len(ids)
+        texts = [self.tokenizer.decode(row).strip() for row in ids]
+        return [
+            Transcript(text=text, language=lang, candidates=[text])
+            for text, lang in zip(texts, languages, strict=True)
+        ]
 
     def transcribe(
         self,

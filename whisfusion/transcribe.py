@@ -285,6 +285,7 @@ def transcribe_sources(
         times: accumulates the wall seconds of each stage, when given.
     """
     decode = decode or model.cfg.decode
+    model.check_decode(decode)
     times = times if times is not None else StageTimes()
     check_languages([s.language for s in sources], model.tokenizer.languages)
     generator = torch.Generator().manual_seed(decode.seed)

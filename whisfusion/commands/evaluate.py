@@ -268,6 +268,8 @@ def to_markdown(results: dict[str, Any], report: Report, char_report: Report) ->
         f"Decoding: {decode['steps']} steps, {decode['candidates']} candidates, "
         f"{decode['remasking']} remasking, {decode['select']} selection, "
         f"batch {decode['batch_size']}"
+        if decode["method"] == "pdd"
+        else f"Decoding: greedy CTC reading of the alignment head, batch {decode['batch_size']}"
     )
     encoder_rtfx = speed["encoder_rtfx"]
     lines = [

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
+from whisfusion.config.decode import DECODE_METHODS
 from whisfusion.pdd.select import METHODS
 
 # Suffixes of the formats libsndfile decodes, looked for inside directories.
@@ -47,6 +48,11 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
         "recorded in the checkpoint",
     )
     p.add_argument("--device", choices=("cpu", "cuda"), help="default: cuda when available")
+    p.add_argument(
+        "--method",
+        choices=DECODE_METHODS,
+        help="pdd: the diffusion decoder (default); ctc: greedy reading of the alignment head",
+    )
     p.add_argument("--steps", type=int, help="denoising steps T (default: the checkpoint's)")
     p.add_argument("--candidates", type=int, help="candidate transcripts K per utterance")
     p.add_argument("--select", choices=METHODS, help="how one candidate is picked")
@@ -103,14 +109,17 @@ def decode_settings(model, args: argparse.Namespace, command: str):
     from whisfusion.transcribe import with_overrides
 
     try:
-        return with_overrides(
+        decode = with_overrides(
             model.cfg.decode,
+            method=args.method,
             steps=args.steps,
             candidates=args.candidates,
             select=args.select,
             batch_size=args.batch_size,
             seed=args.seed,
         )
+        model.check_decode(decode)
+        return decode
     except ValueError as err:
         raise SystemExit(f"whisfusion {command}: {err}") from None
 

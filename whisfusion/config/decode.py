@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# How transcripts are read from the model: "pdd" (the diffusion decoder) or "ctc" (greedy
+# reading of the alignment head, for models with model.decoder.align_hidden > 0).
+DECODE_METHODS = ("pdd", "ctc")
+
 
 @dataclass
 class DecodeConfig:
+    # "pdd" or "ctc" (DECODE_METHODS); the settings below apply to pdd.
+    method: str = "pdd"
     # Denoising steps T.
     steps: int = 4
     # Candidate transcripts K per utterance, decoded together in the batch dimension.
