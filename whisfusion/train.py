@@ -21,6 +21,7 @@ from whisfusion.decoder import DecoderBlock
 from whisfusion.distributed import BatchPlan, RankAgreement, plan_for, train_shard_listing
 from whisfusion.lightning_module import WhisfusionModule
 from whisfusion.model import Whisfusion
+from whisfusion.scoring import cer_line
 from whisfusion.slurm import cluster_plugins, slurm_job_id
 from whisfusion.tokenizer import Tokenizer
 from whisfusion.validation import PDDValidation
@@ -176,7 +177,7 @@ def print_summary(run_dir: Path, validation: PDDValidation, data) -> None:
         print("(no validation data)")
     else:
         print(validation.report.to_markdown())
-        print(f"\nCER (characters), every language: {validation.char_report.rates_line()}")
+        print(f"\n{cer_line(validation.char_report)}")
     print("\n== data (this rank; validation counts add up over every validation run) ==")
     print(data.stats().summary())
     print(f"\ncheckpoint:  {run_dir / 'checkpoints' / 'last.ckpt'}")

@@ -43,7 +43,7 @@ from whisfusion.config import DecodeConfig
 from whisfusion.data.manifest import read_manifest
 from whisfusion.data.shards import AUDIO_KEY, META_KEY, decode_sample, iter_shard, read_index
 from whisfusion.data.stats import BadSample
-from whisfusion.scoring import Report, score_utterances
+from whisfusion.scoring import Report, cer_line, score_in_both_units
 from whisfusion.scoring.normalizers import base_language
 from whisfusion.transcribe import (
     AudioSource,
@@ -281,7 +281,7 @@ def to_markdown(results: dict[str, Any], report: Report, char_report: Report) ->
         "",
         report.to_markdown(),
         "",
-        f"CER (characters), every language: {char_report.rates_line()}",
+        cer_line(char_report),
         "",
         "| speed | value |",
         "|---|---:|",
@@ -312,8 +312,7 @@ def run(args: argparse.Namespace) -> int:
 
     results, speed = timed_transcription(model, items, decode, progress=sys.stderr.isatty())
     scored = [(i.id, i.lang, i.text, r.text) for i, r in zip(items, results, strict=True)]
-    report = score_utterances(scored)
-    char_report = score_utterances(scored, unit="char")
+    report, char_report = score_in_both_units(scored)
     failed = [r.path for r in results if not r.ok]
     summary = {
         "checkpoint": str(args.checkpoint),
@@ -344,7 +343,7 @@ def run(args: argparse.Namespace) -> int:
     )
     (out / "results.md").write_text(to_markdown(summary, report, char_report), encoding="utf-8")
     print(report.to_markdown())
-    print(f"\nCER (characters), every language: {char_report.rates_line()}")
+    print(f"\n{cer_line(char_report)}")
     print(
         f"\nRTFx {speed['rtfx']:.1f} (encoder alone {speed['encoder_rtfx'] or 0:.1f}) on "
         f"{speed['audio_seconds']:.1f} s of audio; results in {out}"

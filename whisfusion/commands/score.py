@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from whisfusion.scoring import score_utterances
+from whisfusion.scoring import cer_line, score_in_both_units
 
 # Ids listed in a missing-id message.
 _SHOWN_IDS = 5
@@ -86,10 +86,9 @@ def run(args) -> int:
     scored = [
         (i, r["lang"], r["text"], hyps[i]["text"] if i in hyps else "") for i, r in refs.items()
     ]
-    report = score_utterances(scored)
-    char_report = score_utterances(scored, unit="char")
+    report, char_report = score_in_both_units(scored)
     print(report.to_markdown())
-    print(f"\nCER (characters), every language: {char_report.rates_line()}")
+    print(f"\n{cer_line(char_report)}")
     if args.json is not None:
         data = report.to_dict()
         data["cer_every_language"] = char_report.to_dict()

@@ -138,3 +138,15 @@ def score_utterances(items: Iterable[tuple[str, str, str, str]], unit: str | Non
             raise ValueError(f"utterance id '{utt_id}' occurs twice")
         per_utt[utt_id] = (lang, utterance_counts(lang, ref, hyp, unit))
     return Report(reduce_shards([per_utt]), unit)
+
+
+def score_in_both_units(items: Iterable[tuple[str, str, str, str]]) -> tuple[Report, Report]:
+    """`score_utterances` of the same items twice: in each language's own unit, and in
+    characters for every language."""
+    items = list(items)
+    return score_utterances(items), score_utterances(items, unit="char")
+
+
+def cer_line(char_report: Report) -> str:
+    """The one-line summary of a character report: every language's CER and their mean."""
+    return f"CER (characters), every language: {char_report.rates_line()}"
