@@ -71,6 +71,41 @@ def test_wrong_mel_input_is_refused():
         encoder(torch.zeros(1, 80, 3002))
 
 
+def test_output_layer_reads_an_inner_block_and_runs_no_later_one():
+    mel = torch.randn(2, 80, 200)
+    full, inner = tiny(), tiny(output_layer=1)
+    # block 2 would fail if it ran: reading block 1 must not touch it
+    inner.model.blocks[1].forward = lambda x: pytest.fail("block 2 ran")
+    got = inner(mel)
+    model = full.model
+    x = torch.nn.functional.gelu(model.conv1(mel))
+    x = torch.nn.functional.gelu(model.conv2(x)).transpose(1, 2)
+    x = model.blocks[0](x + model.positional_embedding[: x.shape[1]])
+    assert torch.allclose(got, torch.nn.functional.layer_norm(x, (64,)), atol=1e-5)
+    assert not torch.allclose(got, full(mel), atol=1e-2)
+    # the last block read by number skips Whisper's final LayerNorm and its gain
+    last = tiny(output_layer=2)
+    with torch.no_grad():
+        full.model.ln_post.weight.fill_(2.0)
+        last.model.ln_post.weight.fill_(2.0)
+    assert torch.allclose(2 * last(mel), full(mel), atol=1e-4)
+    with pytest.raises(ValueError, match=r"output_layer must be in \[0, 2\].*got 3"):
+        tiny(output_layer=3)
+
+
+def test_feature_key_changes_with_everything_that_changes_features():
+    base = tiny(window="trim", trim_multiple_s=1.0)
+    assert base.feature_key == tiny(window="trim", trim_multiple_s=1.0).feature_key
+    others = [
+        tiny(window="full"),
+        tiny(window="trim", trim_multiple_s=2.0),
+        tiny(window="trim", trim_multiple_s=1.0, output_layer=1),
+        FrozenWhisperEncoder.random(seed=1, window="trim", trim_multiple_s=1.0),
+    ]
+    keys = {base.feature_key, *(o.feature_key for o in others)}
+    assert len(keys) == 1 + len(others)
+
+
 def test_bad_window_settings_are_refused():
     with pytest.raises(ValueError, match="window"):
         tiny(window="half")

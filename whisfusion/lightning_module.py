@@ -32,7 +32,9 @@ class WhisfusionModule(L.LightningModule):
         self.cfg: RunConfig = model.cfg
         self.schedule = MaskSchedule(self.cfg.model.schedule)
         cache_dir = self.cfg.data.feature_cache
-        self.feature_cache = FeatureCache(cache_dir, model.encoder.sha256) if cache_dir else None
+        self.feature_cache = (
+            FeatureCache(cache_dir, model.encoder.feature_key) if cache_dir else None
+        )
         self._step_started = time.perf_counter()
         self.nonfinite = NonFiniteGuard(self.cfg.trainer.max_nonfinite_in_row)
 

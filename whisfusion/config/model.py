@@ -20,6 +20,10 @@ class EncoderConfig:
     window: str = "full"
     # With window=trim, each clip's duration is rounded up to this (a multiple of 0.02 s).
     trim_multiple_s: float = 2.0
+    # Which block's output the decoder reads: 0 = the last (through Whisper's final LayerNorm),
+    # as the method does; k >= 1 = block k, and the later blocks are never run. On a small
+    # corpus a middle block generalizes better (the demo reads block 3 of Whisper-base's 6).
+    output_layer: int = 0
     # Shape of a randomly initialised encoder (used only when source == "random").
     n_mels: int = 80
     # Width of the random encoder's residual stream.

@@ -1,9 +1,10 @@
 """On-disk cache of frozen-encoder outputs, for corpora small enough to cache.
 
-One file per utterance: `<cache>/<encoder_sha[:16]>/<id>.pt` holds the (T, width) float16
-features of its valid frames. The encoder hash is part of the path, so features of another
-encoder are never mixed in. Files are written under a temporary name and renamed, so
-concurrent writers (DDP ranks, several runs) never leave a half-written file behind.
+One file per utterance: `<cache>/<feature_key[:16]>/<id>.pt` holds the (T, width) float16
+features of its valid frames. The key (`FrozenWhisperEncoder.feature_key`: weights, window rule,
+layer read) is part of the path, so features of another encoder or setting are never mixed in.
+Files are written under a temporary name and renamed, so concurrent writers (DDP ranks, several
+runs) never leave a half-written file behind.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ log = logging.getLogger(__name__)
 
 
 class FeatureCache:
-    def __init__(self, root: str | Path, encoder_sha: str):
-        if len(encoder_sha) < 16:
-            raise ValueError(f"encoder hash {encoder_sha!r} is shorter than 16 characters")
-        self.dir = Path(root) / encoder_sha[:16]
+    def __init__(self, root: str | Path, feature_key: str):
+        if len(feature_key) < 16:
+            raise ValueError(f"feature key {feature_key!r} is shorter than 16 characters")
+        self.dir = Path(root) / feature_key[:16]
         self.dir.mkdir(parents=True, exist_ok=True)
 
     def path(self, utt_id: str) -> Path:

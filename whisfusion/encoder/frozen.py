@@ -43,6 +43,9 @@ class FrozenWhisperEncoder(nn.Module):
       batch-invariant, and training and inference see the same features for the same audio.
       Shorter windows use the first T rows of the sinusoidal positional table.
 
+    Layer (`output_layer`): 0 reads the last block, as Whisper's own decoder does; k >= 1 reads
+    block k and never runs the blocks after it (see `AudioEncoder.forward`).
+
     Build with `from_pretrained` (real weights), `random` (a seeded stand-in for tests and
     CPU runs) or `from_config`.
     """
@@ -54,11 +57,18 @@ class FrozenWhisperEncoder(nn.Module):
         sha256: str,
         window: str = "full",
         trim_multiple_s: float = 2.0,
+        output_layer: int = 0,
     ):
         super().__init__()
         if window not in WINDOWS:
             raise ValueError(f"encoder window must be one of {WINDOWS}, got {window!r}")
+        if not 0 <= output_layer <= model.dims.layers:
+            raise ValueError(
+                f"encoder output_layer must be in [0, {model.dims.layers}] for {source} "
+                f"({model.dims.layers} blocks), got {output_layer}"
+            )
         self._trim_samples = trim_multiple_samples(trim_multiple_s)
+        self._output_layer = output_layer
         self.model = model
         self._source = source
         self._sha256 = sha256
@@ -72,7 +82,11 @@ class FrozenWhisperEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, path: str | Path, window: str = "full", trim_multiple_s: float = 2.0
+        cls,
+        path: str | Path,
+        window: str = "full",
+        trim_multiple_s: float = 2.0,
+        output_layer: int = 0,
     ) -> FrozenWhisperEncoder:
         """Load published weights: a Hugging Face dir, an openai-whisper .pt or a CTranslate2 dir.
 
@@ -85,7 +99,8 @@ class FrozenWhisperEncoder(nn.Module):
         tensors.setdefault(POSITIONS, sinusoids(dims.n_ctx, dims.width))
         model = _empty_encoder(dims)
         model.load_state_dict(tensors, strict=True, assign=True)
-        return cls(model, str(path), sha256_of_files(weights.files), window, trim_multiple_s)
+        sha256 = sha256_of_files(weights.files)
+        return cls(model, str(path), sha256, window, trim_multiple_s, output_layer)
 
     @classmethod
     def random(
@@ -97,6 +112,7 @@ class FrozenWhisperEncoder(nn.Module):
         seed: int = 0,
         window: str = "full",
         trim_multiple_s: float = 2.0,
+        output_layer: int = 0,
     ) -> FrozenWhisperEncoder:
         """A randomly initialised encoder, identical for the same arguments on every rank and run.
 
@@ -117,7 +133,7 @@ class FrozenWhisperEncoder(nn.Module):
                     param.normal_(0.0, param[0].numel() ** -0.5, generator=generator)
         source = f"random:{seed}:n_mels={n_mels},width={width},layers={layers},heads={heads}"
         sha256 = hashlib.sha256(source.encode()).hexdigest()
-        return cls(model, source, sha256, window, trim_multiple_s)
+        return cls(model, source, sha256, window, trim_multiple_s, output_layer)
 
     @classmethod
     def from_config(cls, cfg: EncoderConfig) -> FrozenWhisperEncoder:
@@ -134,9 +150,12 @@ class FrozenWhisperEncoder(nn.Module):
                 cfg.seed,
                 cfg.window,
                 cfg.trim_multiple_s,
+                cfg.output_layer,
             )
         else:
-            encoder = cls.from_pretrained(cfg.source, cfg.window, cfg.trim_multiple_s)
+            encoder = cls.from_pretrained(
+                cfg.source, cfg.window, cfg.trim_multiple_s, cfg.output_layer
+            )
         if cfg.sha256 and cfg.sha256.lower() != encoder.sha256:
             raise ValueError(
                 f"encoder weights {encoder.source} have sha256 {encoder.sha256}, "
@@ -172,12 +191,26 @@ class FrozenWhisperEncoder(nn.Module):
     def window(self) -> str:
         return self._window
 
+    @property
+    def output_layer(self) -> int:
+        return self._output_layer
+
+    @property
+    def feature_key(self) -> str:
+        """sha256 of everything that decides the features of a clip: the weights, the window
+        rule and the layer read. Cached features are filed under it."""
+        spec = f"{self.sha256}:{self.window}:{self._trim_samples}:{self.output_layer}"
+        return hashlib.sha256(spec.encode()).hexdigest()
+
     def train(self, mode: bool = True) -> FrozenWhisperEncoder:
         """Stay in eval mode: the encoder is used exactly as it was published."""
         return super().train(False)
 
     def extra_repr(self) -> str:
-        return f"source={self.source!r}, sha256={self.sha256[:12]}, window={self.window!r}"
+        return (
+            f"source={self.source!r}, sha256={self.sha256[:12]}, window={self.window!r}, "
+            f"output_layer={self.output_layer}"
+        )
 
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         """mel: (B, n_mels, frames), frames even, at most 2 * n_ctx -> (B, frames // 2, width)."""
@@ -190,7 +223,7 @@ class FrozenWhisperEncoder(nn.Module):
         if frames % 2 or not 0 < frames <= 2 * self.n_ctx:
             raise ValueError(f"mel frames must be even and in [2, {2 * self.n_ctx}], got {frames}")
         # A model cast to bf16 (e.g. Lightning's bf16-true) still takes the float32 log-mel.
-        return self.model(mel.to(self.model.conv1.weight.dtype))
+        return self.model(mel.to(self.model.conv1.weight.dtype), self.output_layer)
 
     @torch.no_grad()
     def encode(

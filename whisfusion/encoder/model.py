@@ -99,14 +99,19 @@ class AudioEncoder(nn.Module):
         )
         self.ln_post = nn.LayerNorm(dims.width)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, output_layer: int = 0) -> torch.Tensor:
         """mel: (B, n_mels, frames), frames even and at most 2 * n_ctx -> (B, frames // 2, width).
 
         A window shorter than 30 s takes the first frames // 2 rows of the positional table.
+        output_layer: 0 = the last block through `ln_post`, as Whisper's decoder reads it;
+        k >= 1 = the output of block k (the later blocks are not run), layer-normalised without
+        gain or bias, because `ln_post`'s are fitted to the last block's statistics.
         """
         x = F.gelu(self.conv1(mel))
         x = F.gelu(self.conv2(x)).transpose(1, 2)
         x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
-        for block in self.blocks:
+        for block in self.blocks[: output_layer or len(self.blocks)]:
             x = block(x)
+        if output_layer:
+            return F.layer_norm(x, x.shape[-1:])
         return self.ln_post(x)
