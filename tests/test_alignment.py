@@ -1,13 +1,16 @@
 import itertools
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from whisfusion.alignment import (
+    aligned_token_embedding,
     alignment_bias,
     ctc_loss,
     ctc_targets,
+    expected_embedding,
     expected_positions,
     greedy_ctc,
     new_token_probability,
@@ -102,9 +105,11 @@ def test_ctc_targets_drop_language_and_padding():
 V, E = 40, 24
 
 
-def _decoder(align_hidden: int) -> DiffusionDecoder:
+def _decoder(align_hidden: int, token_memory: bool = False) -> DiffusionDecoder:
     torch.manual_seed(0)
-    cfg = DecoderConfig(layers=2, width=32, heads=4, align_hidden=align_hidden)
+    cfg = DecoderConfig(
+        layers=2, width=32, heads=4, align_hidden=align_hidden, align_token_memory=token_memory
+    )
     return DiffusionDecoder(cfg, V, E).eval()
 
 
@@ -158,3 +163,61 @@ def test_only_the_ctc_loss_trains_the_alignment_head():
     cache = dec.cross_cache(feats, valid)
     ctc_loss(cache.ctc_log_probs, valid, [[3, 4], [5]], dec.align.blank).backward()
     assert all(p.grad is not None for p in dec.align.parameters())
+
+
+def test_expected_embedding_weighs_the_table_by_the_posteriors_and_drops_blank():
+    table = torch.randn(3, 5)
+    sure = _one_hot_log_probs([1, BLANK, 2])  # labels 0..2, blank 3
+    torch.testing.assert_close(
+        expected_embedding(sure, table)[0],
+        torch.stack([table[1], torch.zeros(5), table[2]]),
+        atol=1e-4,
+        rtol=0,
+    )
+    half = torch.tensor([[[0.5, 0.0, 0.0, 0.5]]]).log()
+    torch.testing.assert_close(expected_embedding(half, table)[0, 0], 0.5 * table[0])
+
+
+def test_token_memory_lets_cross_attention_read_the_heads_posteriors():
+    dec = _decoder(16, token_memory=True).train()
+    feats, valid, tokens = _inputs()
+    ref = dec.eval()(tokens, dec.cross_cache(feats, valid))
+    with torch.no_grad():  # another reading of the same frames: other keys and values
+        dec.align.proj[-1].bias[:V].normal_(0.0, 5.0)
+    assert not torch.allclose(dec(tokens, dec.cross_cache(feats, valid)), ref, atol=1e-3)
+    dec.train()
+    dec(tokens, dec.cross_cache(feats, valid)).square().mean().backward()
+    assert all(p.grad is None for p in dec.align.parameters())  # still only CTC trains it
+    assert all(blk.cross_attn.kv_token.weight.grad is not None for blk in dec.blocks)
+    with pytest.raises(ValueError, match="align_token_memory.*align_hidden"):
+        _decoder(0, token_memory=True)
+
+
+def test_aligned_token_embedding_puts_the_ith_heard_token_at_position_i():
+    table = torch.randn(3, 6)
+    path = [BLANK, 2, 2, BLANK, 0, BLANK, BLANK, 1, BLANK]  # heard: 2 0 1
+    valid = torch.ones(1, len(path), dtype=torch.bool)
+    lp = _one_hot_log_probs(path)
+    heard = aligned_token_embedding(lp, valid, BLANK, table, length=6, width=0.25)
+    assert heard.shape == (1, 6, 6)
+    expected = torch.stack([torch.zeros(6), table[2], table[0], table[1], *[torch.zeros(6)] * 2])
+    torch.testing.assert_close(heard[0], expected, atol=3e-3, rtol=0)
+    # frames outside `valid` start nothing
+    valid[0, 4:] = False
+    cut = aligned_token_embedding(lp, valid, BLANK, table, length=6, width=0.25)
+    torch.testing.assert_close(cut[0, 2:], torch.zeros(4, 6), atol=1e-3, rtol=0)
+    # a wider kernel lets a token reach its neighbours, exp(-1 / 2 width^2) of it
+    wide = aligned_token_embedding(lp, valid, BLANK, table, length=6, width=0.5)
+    torch.testing.assert_close(wide[0, 2], table[2] * math.exp(-2.0), atol=1e-3, rtol=0)
+
+
+def test_token_input_reaches_an_all_mask_canvas():
+    dec = _decoder(16, token_memory=False)
+    feats, valid, _ = _inputs()
+    canvas = torch.full((2, 10), V)  # all [MASK]
+    ref = dec(canvas, dec.cross_cache(feats, valid))
+    dec.cfg.align_token_input = True
+    with_input = dec(canvas, dec.cross_cache(feats, valid))
+    assert not torch.allclose(with_input, ref, atol=1e-4)
+    grouped = dec(canvas.repeat_interleave(3, 0), dec.cross_cache(feats, valid))
+    torch.testing.assert_close(grouped.view(2, 3, 10, V)[:, 1], with_input, atol=1e-5, rtol=1e-5)

@@ -48,3 +48,23 @@ def test_build_optimizer_steps_the_schedule():
         sched.step()
     assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, lr_factor(4, 4, 20, 0.1)])
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+
+
+def test_lr_scale_gives_a_submodule_its_own_peak_lr():
+    dec = DiffusionDecoder(DecoderConfig(layers=1, width=32, heads=2, align_hidden=8), 20, 16)
+    cfg = OptimConfig(lr=1.0, warmup_steps=2, lr_scale={"align": 3.0})
+    opt, sched = build_optimizer(dec, cfg, 10)
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    assert lr_of[id(dec.align.proj[0].weight)] == pytest.approx(1.5)  # warmup step 0: 3.0 / 2
+    assert lr_of[id(dec.align.proj[0].bias)] == pytest.approx(1.5)
+    assert lr_of[id(dec.head.weight)] == pytest.approx(0.5)
+    assert len(lr_of) == sum(1 for _ in dec.parameters())
+    opt.step()
+    sched.step()
+    assert sorted({round(g["lr"], 6) for g in opt.param_groups}) == [1.0, 3.0]
+
+
+def test_lr_scale_naming_no_parameter_is_refused():
+    dec = DiffusionDecoder(DecoderConfig(layers=1, width=32, heads=2), 20, 16)
+    with pytest.raises(ValueError, match="aling.*no decoder parameter.*blocks"):
+        build_optimizer(dec, OptimConfig(lr_scale={"aling": 3.0}), 10)

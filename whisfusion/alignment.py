@@ -67,6 +67,42 @@ def expected_positions(log_probs: torch.Tensor, valid: torch.Tensor, blank: int)
     return new_token_probability(log_probs, valid, blank).cumsum(dim=1)
 
 
+def expected_embedding(log_probs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """(N, S, D) expected token embedding of each frame, blank counting as the zero vector.
+
+    Args:
+        log_probs: (N, S, V + 1) CTC log-probabilities, the blank last.
+        table: (V, D) token embeddings.
+    """
+    return log_probs[..., :-1].exp().to(table.dtype) @ table
+
+
+def aligned_token_embedding(
+    log_probs: torch.Tensor,
+    valid: torch.Tensor,
+    blank: int,
+    table: torch.Tensor,
+    length: int,
+    width: float = 0.5,
+) -> torch.Tensor:
+    """(N, L, D) per canvas position, the embedding of the token the CTC head hears there.
+
+    Frame j starts a token with probability s_j (`new_token_probability`), at expected canvas
+    position c_j (`expected_positions`); position i sums s_j exp(-(i - c_j)^2 / 2 width^2)
+    E^T p_j over frames. Positions no token reaches (the EOS padding) get about zero.
+
+    Args:
+        log_probs: (N, S, V + 1) CTC log-probabilities, blank last; valid: (N, S) bool.
+        table: (V, D) token embeddings; length: canvas positions L.
+    """
+    start = new_token_probability(log_probs, valid, blank)
+    position = start.cumsum(dim=1)
+    canvas = torch.arange(length, device=log_probs.device, dtype=position.dtype)
+    kernel = torch.exp(-(canvas[None, :, None] - position[:, None, :]).square() / (2 * width**2))
+    weights = (kernel * start[:, None, :]).to(table.dtype)
+    return weights @ expected_embedding(log_probs, table)
+
+
 def squared_distance(query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:
     """(N, Q, S) squared distance (i - key_pos_j)^2 between canvas positions.
 

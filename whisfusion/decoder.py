@@ -14,7 +14,12 @@ embedding breaks the symmetry from the first step.
 Optional alignment prior (`align_hidden` > 0, see whisfusion.alignment): a small CTC head on the
 encoder output estimates which canvas position each frame belongs to, and cross-attention adds a
 per-head Gaussian bias toward those frames. It costs a dense attention mask (the fused SDPA
-kernels without a mask no longer apply) and is meant for small corpora.
+kernels without a mask no longer apply) and is meant for small corpora. With
+`align_token_memory`, cross-attention keys/values also read each frame's expected token
+embedding under the head's (detached) posteriors, E^T p_j, through the decoder's own embedding
+table: a position can copy what its frames were heard as. With `align_token_input`, each canvas
+position's input adds the embedding of the token the head hears at that position
+(`aligned_token_embedding`), so decoding from an all-[MASK] canvas starts from the frames' reading.
 
 Cross-attention keys/values depend on the audio only: `cross_cache` computes them once per
 utterance, and `forward` reuses them for any number of candidate rows. K candidate rows of one
@@ -33,7 +38,9 @@ from torch.utils.checkpoint import checkpoint
 
 from whisfusion.alignment import (
     AlignmentHead,
+    aligned_token_embedding,
     alignment_bias,
+    expected_embedding,
     expected_positions,
     squared_distance,
 )
@@ -97,12 +104,21 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    def __init__(self, width: int, enc_width: int, heads: int, dropout: float, prior: bool):
+    def __init__(
+        self,
+        width: int,
+        enc_width: int,
+        heads: int,
+        dropout: float,
+        prior: bool,
+        token_memory: bool = False,
+    ):
         super().__init__()
         self.heads, self.dropout = heads, dropout
         self.q = nn.Linear(width, width, bias=False)
         # keys/values projected from the encoder width (1280 for large-v3) to the decoder width
         self.kv = nn.Linear(enc_width, 2 * width, bias=False)
+        self.kv_token = nn.Linear(width, 2 * width, bias=False) if token_memory else None
         self.out = nn.Linear(width, width, bias=False)
         # Per-head sharpness of the alignment prior, through softplus so it stays >= 0. Heads
         # start from widths of about 1 to 10 canvas positions, so some look closely and some
@@ -111,10 +127,15 @@ class CrossAttention(nn.Module):
             nn.Parameter(torch.linspace(0.0, -4.5, heads).exp().expm1().log()) if prior else None
         )
 
-    def project(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (N, S, E) -> keys, values (N, H, S, Dh)."""
+    def project(
+        self, features: torch.Tensor, token_memory: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (N, S, E), token_memory (N, S, D) or None -> keys, values (N, H, S, Dh)."""
         n, s, _ = features.shape
-        k, v = self.kv(features).view(n, s, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        kv = self.kv(features)
+        if self.kv_token is not None and token_memory is not None:
+            kv = kv + self.kv_token(token_memory)
+        k, v = kv.view(n, s, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         return k, v
 
     def forward(self, x, k, v, key_mask, sq_distance=None):
@@ -153,7 +174,12 @@ class DecoderBlock(nn.Module):
         self.self_attn = SelfAttention(cfg.width, cfg.heads, cfg.dropout)
         self.norm_cross = nn.RMSNorm(cfg.width, eps=1e-6)
         self.cross_attn = CrossAttention(
-            cfg.width, enc_width, cfg.heads, cfg.dropout, prior=cfg.align_hidden > 0
+            cfg.width,
+            enc_width,
+            cfg.heads,
+            cfg.dropout,
+            prior=cfg.align_hidden > 0,
+            token_memory=cfg.align_token_memory,
         )
         self.norm_mlp = nn.RMSNorm(cfg.width, eps=1e-6)
         self.mlp = SwiGLU(cfg.width, hidden)
@@ -170,6 +196,11 @@ class DiffusionDecoder(nn.Module):
 
     def __init__(self, cfg: DecoderConfig, vocab_size: int, enc_width: int, max_len: int = 448):
         super().__init__()
+        for flag in ("align_token_memory", "align_token_input"):
+            if getattr(cfg, flag) and not cfg.align_hidden:
+                raise ValueError(
+                    f"model.decoder.{flag} reads the alignment head: set align_hidden > 0"
+                )
         if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
             raise ValueError(
                 f"decoder width {cfg.width} must split into {cfg.heads} heads of even size"
@@ -197,13 +228,17 @@ class DiffusionDecoder(nn.Module):
 
     def cross_cache(self, features: torch.Tensor, valid: torch.Tensor) -> CrossCache:
         """Project encoder output once per utterance: features (N, S, E), valid (N, S) bool."""
-        pairs = [blk.cross_attn.project(features) for blk in self.blocks]
-        keys, values = [k for k, _ in pairs], [v for _, v in pairs]
         if self.align is None:
-            return CrossCache(keys, values, valid)
+            pairs = [blk.cross_attn.project(features) for blk in self.blocks]
+            return CrossCache([k for k, _ in pairs], [v for _, v in pairs], valid)
         log_probs = self.align(features)
         # detached: only the CTC loss trains the head (see whisfusion.alignment)
         key_pos = expected_positions(log_probs.detach(), valid, self.align.blank)
+        memory = None
+        if self.cfg.align_token_memory:
+            memory = expected_embedding(log_probs.detach(), self.embed.weight[: self.vocab_size])
+        pairs = [blk.cross_attn.project(features, memory) for blk in self.blocks]
+        keys, values = [k for k, _ in pairs], [v for _, v in pairs]
         return CrossCache(keys, values, valid, key_pos, log_probs)
 
     def forward(
@@ -238,6 +273,15 @@ class DiffusionDecoder(nn.Module):
             query_pos = torch.arange(length, device=tokens.device).repeat(rows // cache.batch)
             sq_distance = squared_distance(query_pos, cache.key_pos)
         x = self.embed(tokens) + self.pos_embed.weight[:length]
+        if self.cfg.align_token_input and cache.ctc_log_probs is not None:
+            heard = aligned_token_embedding(
+                cache.ctc_log_probs.detach(),
+                cache.key_valid,
+                self.align.blank,
+                self.embed.weight[: self.vocab_size],
+                length,
+            )
+            x = x + heard.repeat_interleave(rows // cache.batch, dim=0)
         for blk, k, v in zip(self.blocks, cache.keys, cache.values, strict=False):
             if self.cfg.activation_checkpointing and self.training:
                 x = checkpoint(

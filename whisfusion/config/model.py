@@ -59,6 +59,14 @@ class DecoderConfig:
     # The head has no other loss, and AdamW's steps do not depend on a gradient's scale, so the
     # weight acts only through gradient clipping (demo: 1.0 and 0.5 train alike).
     align_ctc_weight: float = 0.5
+    # Cross-attention also reads each frame's expected token embedding under the alignment
+    # head's posteriors (needs align_hidden > 0), so a canvas position can copy the token its
+    # frames were heard as and spend its capacity on context.
+    align_token_memory: bool = False
+    # The canvas input also gets, at each position, the expected embedding of the token the
+    # alignment head hears there (whisfusion.alignment.aligned_token_embedding; needs
+    # align_hidden > 0): even an all-[MASK] canvas then starts from what the frames say.
+    align_token_input: bool = False
 
 
 @dataclass
