@@ -198,16 +198,17 @@ def test_aligned_token_embedding_puts_the_ith_heard_token_at_position_i():
     path = [BLANK, 2, 2, BLANK, 0, BLANK, BLANK, 1, BLANK]  # heard: 2 0 1
     valid = torch.ones(1, len(path), dtype=torch.bool)
     lp = _one_hot_log_probs(path)
-    heard = aligned_token_embedding(lp, valid, BLANK, table, length=6, width=0.25)
+    frames = expected_embedding(lp, table)
+    heard = aligned_token_embedding(lp, valid, BLANK, frames, length=6, width=0.25)
     assert heard.shape == (1, 6, 6)
     expected = torch.stack([torch.zeros(6), table[2], table[0], table[1], *[torch.zeros(6)] * 2])
     torch.testing.assert_close(heard[0], expected, atol=3e-3, rtol=0)
     # frames outside `valid` start nothing
     valid[0, 4:] = False
-    cut = aligned_token_embedding(lp, valid, BLANK, table, length=6, width=0.25)
+    cut = aligned_token_embedding(lp, valid, BLANK, frames, length=6, width=0.25)
     torch.testing.assert_close(cut[0, 2:], torch.zeros(4, 6), atol=1e-3, rtol=0)
     # a wider kernel lets a token reach its neighbours, exp(-1 / 2 width^2) of it
-    wide = aligned_token_embedding(lp, valid, BLANK, table, length=6, width=0.5)
+    wide = aligned_token_embedding(lp, valid, BLANK, frames, length=6, width=0.5)
     torch.testing.assert_close(wide[0, 2], table[2] * math.exp(-2.0), atol=1e-3, rtol=0)
 
 
@@ -216,6 +217,7 @@ def test_token_input_reaches_an_all_mask_canvas():
     feats, valid, _ = _inputs()
     canvas = torch.full((2, 10), V)  # all [MASK]
     ref = dec(canvas, dec.cross_cache(feats, valid))
+    assert dec.cross_cache(feats, valid).token_memory is None
     dec.cfg.align_token_input = True
     with_input = dec(canvas, dec.cross_cache(feats, valid))
     assert not torch.allclose(with_input, ref, atol=1e-4)

@@ -81,7 +81,7 @@ def aligned_token_embedding(
     log_probs: torch.Tensor,
     valid: torch.Tensor,
     blank: int,
-    table: torch.Tensor,
+    frame_embedding: torch.Tensor,
     length: int,
     width: float = 0.5,
 ) -> torch.Tensor:
@@ -89,18 +89,18 @@ def aligned_token_embedding(
 
     Frame j starts a token with probability s_j (`new_token_probability`), at expected canvas
     position c_j (`expected_positions`); position i sums s_j exp(-(i - c_j)^2 / 2 width^2)
-    E^T p_j over frames. Positions no token reaches (the EOS padding) get about zero.
+    e_j over frames, e_j = E^T p_j. Positions no token reaches (the EOS padding) get about zero.
 
     Args:
         log_probs: (N, S, V + 1) CTC log-probabilities, blank last; valid: (N, S) bool.
-        table: (V, D) token embeddings; length: canvas positions L.
+        frame_embedding: (N, S, D) `expected_embedding` of the same log-probabilities.
+        length: canvas positions L.
     """
     start = new_token_probability(log_probs, valid, blank)
     position = start.cumsum(dim=1)
     canvas = torch.arange(length, device=log_probs.device, dtype=position.dtype)
     kernel = torch.exp(-(canvas[None, :, None] - position[:, None, :]).square() / (2 * width**2))
-    weights = (kernel * start[:, None, :]).to(table.dtype)
-    return weights @ expected_embedding(log_probs, table)
+    return (kernel * start[:, None, :]).to(frame_embedding.dtype) @ frame_embedding
 
 
 def squared_distance(query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:

@@ -73,6 +73,8 @@ class CrossCache:
     key_valid: (N, S) bool, True on encoder frames that cover real audio.
     key_pos: (N, S) expected canvas position of each frame (alignment prior), or None.
     ctc_log_probs: (N, S, V + 1) the alignment head's output (for its loss), or None.
+    token_memory: (N, S, D) each frame's expected token embedding under the head's posteriors
+        (`align_token_memory` / `align_token_input`), or None.
     """
 
     keys: list[torch.Tensor]
@@ -80,6 +82,7 @@ class CrossCache:
     key_valid: torch.Tensor
     key_pos: torch.Tensor | None = None
     ctc_log_probs: torch.Tensor | None = None
+    token_memory: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -235,11 +238,11 @@ class DiffusionDecoder(nn.Module):
         # detached: only the CTC loss trains the head (see whisfusion.alignment)
         key_pos = expected_positions(log_probs.detach(), valid, self.align.blank)
         memory = None
-        if self.cfg.align_token_memory:
+        if self.cfg.align_token_memory or self.cfg.align_token_input:
             memory = expected_embedding(log_probs.detach(), self.embed.weight[: self.vocab_size])
         pairs = [blk.cross_attn.project(features, memory) for blk in self.blocks]
         keys, values = [k for k, _ in pairs], [v for _, v in pairs]
-        return CrossCache(keys, values, valid, key_pos, log_probs)
+        return CrossCache(keys, values, valid, key_pos, log_probs, memory)
 
     def forward(
         self, tokens: torch.Tensor, cache: CrossCache, canvas_valid: torch.Tensor | None = None
@@ -273,12 +276,12 @@ class DiffusionDecoder(nn.Module):
             query_pos = torch.arange(length, device=tokens.device).repeat(rows // cache.batch)
             sq_distance = squared_distance(query_pos, cache.key_pos)
         x = self.embed(tokens) + self.pos_embed.weight[:length]
-        if self.cfg.align_token_input and cache.ctc_log_probs is not None:
+        if self.cfg.align_token_input and cache.token_memory is not None:
             heard = aligned_token_embedding(
                 cache.ctc_log_probs.detach(),
                 cache.key_valid,
                 self.align.blank,
-                self.embed.weight[: self.vocab_size],
+                cache.token_memory,
                 length,
             )
             x = x + heard.repeat_interleave(rows // cache.batch, dim=0)
