@@ -231,15 +231,14 @@ class DiffusionDecoder(nn.Module):
 
     def cross_cache(self, features: torch.Tensor, valid: torch.Tensor) -> CrossCache:
         """Project encoder output once per utterance: features (N, S, E), valid (N, S) bool."""
-        if self.align is None:
-            pairs = [blk.cross_attn.project(features) for blk in self.blocks]
-            return CrossCache([k for k, _ in pairs], [v for _, v in pairs], valid)
-        log_probs = self.align(features)
-        # detached: only the CTC loss trains the head (see whisfusion.alignment)
-        key_pos = expected_positions(log_probs.detach(), valid, self.align.blank)
-        memory = None
-        if self.cfg.align_token_memory or self.cfg.align_token_input:
-            memory = expected_embedding(log_probs.detach(), self.embed.weight[: self.vocab_size])
+        log_probs = key_pos = memory = None
+        if self.align is not None:
+            log_probs = self.align(features)
+            # detached: only the CTC loss trains the head (see whisfusion.alignment)
+            heard = log_probs.detach()
+            key_pos = expected_positions(heard, valid, self.align.blank)
+            if self.cfg.align_token_memory or self.cfg.align_token_input:
+                memory = expected_embedding(heard, self.embed.weight[: self.vocab_size])
         pairs = [blk.cross_attn.project(features, memory) for blk in self.blocks]
         keys, values = [k for k, _ in pairs], [v for _, v in pairs]
         return CrossCache(keys, values, valid, key_pos, log_probs, memory)
