@@ -30,7 +30,7 @@ def _one_hot_log_probs(path: list[int], classes: int = 4, sharp: float = 30.0) -
 def test_expected_positions_count_collapsed_tokens():
     path = [BLANK, 0, 0, BLANK, 1, 1, 0, BLANK, 2, 2]
     valid = torch.ones(1, len(path), dtype=torch.bool)
-    pos = expected_positions(_one_hot_log_probs(path), valid, BLANK)
+    pos = expected_positions(new_token_probability(_one_hot_log_probs(path), valid, BLANK))
     # a token counts once where it starts; a repeat counts only after a blank or another label
     torch.testing.assert_close(
         pos[0], torch.tensor([0, 1, 1, 1, 2, 2, 3, 3, 4, 4.0]), atol=1e-3, rtol=0
@@ -55,7 +55,7 @@ def test_new_token_probability_is_exact_for_independent_frames():
 def test_invalid_frames_start_no_token():
     path = [0, BLANK, 1, 2, 0]
     valid = torch.tensor([[True, True, True, False, False]])
-    pos = expected_positions(_one_hot_log_probs(path), valid, BLANK)
+    pos = expected_positions(new_token_probability(_one_hot_log_probs(path), valid, BLANK))
     assert pos[0, 2:].tolist() == pytest.approx([2.0, 2.0, 2.0], abs=1e-3)
 
 
@@ -199,16 +199,21 @@ def test_aligned_token_embedding_puts_the_ith_heard_token_at_position_i():
     valid = torch.ones(1, len(path), dtype=torch.bool)
     lp = _one_hot_log_probs(path)
     frames = expected_embedding(lp, table)
-    heard = aligned_token_embedding(lp, valid, BLANK, frames, length=6, width=0.25)
+
+    def aligned(width: float) -> torch.Tensor:
+        start = new_token_probability(lp, valid, BLANK)
+        return aligned_token_embedding(start, expected_positions(start), frames, 6, width)
+
+    heard = aligned(0.25)
     assert heard.shape == (1, 6, 6)
     expected = torch.stack([torch.zeros(6), table[2], table[0], table[1], *[torch.zeros(6)] * 2])
     torch.testing.assert_close(heard[0], expected, atol=3e-3, rtol=0)
     # frames outside `valid` start nothing
     valid[0, 4:] = False
-    cut = aligned_token_embedding(lp, valid, BLANK, frames, length=6, width=0.25)
+    cut = aligned(0.25)
     torch.testing.assert_close(cut[0, 2:], torch.zeros(4, 6), atol=1e-3, rtol=0)
     # a wider kernel lets a token reach its neighbours, exp(-1 / 2 width^2) of it
-    wide = aligned_token_embedding(lp, valid, BLANK, frames, length=6, width=0.5)
+    wide = aligned(0.5)
     torch.testing.assert_close(wide[0, 2], table[2] * math.exp(-2.0), atol=1e-3, rtol=0)
 
 

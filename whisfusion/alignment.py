@@ -58,13 +58,16 @@ def new_token_probability(log_probs: torch.Tensor, valid: torch.Tensor, blank: i
     return emit * valid
 
 
-def expected_positions(log_probs: torch.Tensor, valid: torch.Tensor, blank: int) -> torch.Tensor:
+def expected_positions(token_start: torch.Tensor) -> torch.Tensor:
     """(N, S) expected number of tokens started up to and including each frame.
 
     On a canvas `[<|lang|>] t1 .. tn <|eos|> ...` token t_k sits at position k, and the frames
     where it is spoken have an expected count near k, so the count is a canvas position.
+
+    Args:
+        token_start: (N, S) `new_token_probability` of each frame.
     """
-    return new_token_probability(log_probs, valid, blank).cumsum(dim=1)
+    return token_start.cumsum(dim=1)
 
 
 def expected_embedding(log_probs: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
@@ -78,9 +81,8 @@ def expected_embedding(log_probs: torch.Tensor, table: torch.Tensor) -> torch.Te
 
 
 def aligned_token_embedding(
-    log_probs: torch.Tensor,
-    valid: torch.Tensor,
-    blank: int,
+    token_start: torch.Tensor,
+    position: torch.Tensor,
     frame_embedding: torch.Tensor,
     length: int,
     width: float = 0.5,
@@ -92,15 +94,14 @@ def aligned_token_embedding(
     e_j over frames, e_j = E^T p_j. Positions no token reaches (the EOS padding) get about zero.
 
     Args:
-        log_probs: (N, S, V + 1) CTC log-probabilities, blank last; valid: (N, S) bool.
-        frame_embedding: (N, S, D) `expected_embedding` of the same log-probabilities.
+        token_start: (N, S) s_j, from `new_token_probability`.
+        position: (N, S) c_j, from `expected_positions`.
+        frame_embedding: (N, S, D) e_j, from `expected_embedding` of the same log-probabilities.
         length: canvas positions L.
     """
-    start = new_token_probability(log_probs, valid, blank)
-    position = start.cumsum(dim=1)
-    canvas = torch.arange(length, device=log_probs.device, dtype=position.dtype)
+    canvas = torch.arange(length, device=position.device, dtype=position.dtype)
     kernel = torch.exp(-(canvas[None, :, None] - position[:, None, :]).square() / (2 * width**2))
-    return (kernel * start[:, None, :]).to(frame_embedding.dtype) @ frame_embedding
+    return (kernel * token_start[:, None, :]).to(frame_embedding.dtype) @ frame_embedding
 
 
 def squared_distance(query_pos: torch.Tensor, key_pos: torch.Tensor) -> torch.Tensor:

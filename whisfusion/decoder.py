@@ -42,6 +42,7 @@ from whisfusion.alignment import (
     alignment_bias,
     expected_embedding,
     expected_positions,
+    new_token_probability,
     squared_distance,
 )
 from whisfusion.config import DecoderConfig
@@ -75,6 +76,8 @@ class CrossCache:
     ctc_log_probs: (N, S, V + 1) the alignment head's output (for its loss), or None.
     token_memory: (N, S, D) each frame's expected token embedding under the head's posteriors
         (`align_token_memory` / `align_token_input`), or None.
+    token_start: (N, S) probability that each frame starts a token (`align_token_input`), or
+        None.
     """
 
     keys: list[torch.Tensor]
@@ -83,6 +86,7 @@ class CrossCache:
     key_pos: torch.Tensor | None = None
     ctc_log_probs: torch.Tensor | None = None
     token_memory: torch.Tensor | None = None
+    token_start: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -231,17 +235,18 @@ class DiffusionDecoder(nn.Module):
 
     def cross_cache(self, features: torch.Tensor, valid: torch.Tensor) -> CrossCache:
         """Project encoder output once per utterance: features (N, S, E), valid (N, S) bool."""
-        log_probs = key_pos = memory = None
+        log_probs = key_pos = memory = start = None
         if self.align is not None:
             log_probs = self.align(features)
             # detached: only the CTC loss trains the head (see whisfusion.alignment)
             heard = log_probs.detach()
-            key_pos = expected_positions(heard, valid, self.align.blank)
+            start = new_token_probability(heard, valid, self.align.blank)
+            key_pos = expected_positions(start)
             if self.cfg.align_token_memory or self.cfg.align_token_input:
                 memory = expected_embedding(heard, self.embed.weight[: self.vocab_size])
         pairs = [blk.cross_attn.project(features, memory) for blk in self.blocks]
         keys, values = [k for k, _ in pairs], [v for _, v in pairs]
-        return CrossCache(keys, values, valid, key_pos, log_probs, memory)
+        return CrossCache(keys, values, valid, key_pos, log_probs, memory, start)
 
     def forward(
         self, tokens: torch.Tensor, cache: CrossCache, canvas_valid: torch.Tensor | None = None
@@ -277,11 +282,7 @@ class DiffusionDecoder(nn.Module):
         x = self.embed(tokens) + self.pos_embed.weight[:length]
         if self.cfg.align_token_input and cache.token_memory is not None:
             heard = aligned_token_embedding(
-                cache.ctc_log_probs.detach(),
-                cache.key_valid,
-                self.align.blank,
-                cache.token_memory,
-                length,
+                cache.token_start, cache.key_pos, cache.token_memory, length
             )
             x = x + heard.repeat_interleave(rows // cache.batch, dim=0)
         for blk, k, v in zip(self.blocks, cache.keys, cache.values, strict=False):
