@@ -1,3 +1,4 @@
+import dataclasses
 import itertools
 import math
 
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 from whisfusion.alignment import (
     aligned_token_embedding,
     alignment_bias,
+    best_path_token_start,
     ctc_loss,
     ctc_targets,
     expected_embedding,
@@ -57,6 +59,35 @@ def test_invalid_frames_start_no_token():
     valid = torch.tensor([[True, True, True, False, False]])
     pos = expected_positions(new_token_probability(_one_hot_log_probs(path), valid, BLANK))
     assert pos[0, 2:].tolist() == pytest.approx([2.0, 2.0, 2.0], abs=1e-3)
+
+
+def test_best_path_positions_are_whole_and_follow_the_greedy_reading():
+    torch.manual_seed(0)
+    # soft posteriors: the expected counts drift between whole numbers, the best path's do not
+    log_probs = F.log_softmax(1.5 * torch.randn(2, 30, 4), dim=-1)
+    valid = torch.ones(2, 30, dtype=torch.bool)
+    valid[1, 21:] = False
+    start = best_path_token_start(log_probs, valid, BLANK)
+    pos = expected_positions(start)
+    assert set(start.unique().tolist()) <= {0.0, 1.0}
+    assert (start[1, 21:] == 0).all()  # invalid frames start nothing
+    soft = expected_positions(new_token_probability(log_probs, valid, BLANK))
+    assert not torch.allclose(soft, soft.round(), atol=0.05)
+    best = log_probs.argmax(dim=-1)
+    for n, heard in enumerate(greedy_ctc(log_probs, valid, BLANK)):
+        assert int(pos[n, -1]) == len(heard)
+        # the frame where the count first reaches i carries the i-th token read
+        firsts = [int((pos[n] >= i).nonzero()[0]) for i in range(1, len(heard) + 1)]
+        assert best[n, firsts].tolist() == heard
+    # on sure posteriors the two agree
+    path = [BLANK, 0, 0, BLANK, 1, 1, 0, BLANK, 2, 2]
+    sure, ones = _one_hot_log_probs(path), torch.ones(1, len(path), dtype=torch.bool)
+    torch.testing.assert_close(
+        best_path_token_start(sure, ones, BLANK),
+        new_token_probability(sure, ones, BLANK),
+        atol=1e-3,
+        rtol=0,
+    )
 
 
 def test_alignment_bias_peaks_where_positions_meet():
@@ -191,6 +222,11 @@ def test_token_memory_lets_cross_attention_read_the_heads_posteriors():
     assert all(blk.cross_attn.kv_token.weight.grad is not None for blk in dec.blocks)
     with pytest.raises(ValueError, match="align_token_memory.*align_hidden"):
         _decoder(0, token_memory=True)
+    with pytest.raises(ValueError, match="align_best_path.*align_hidden"):
+        DiffusionDecoder(DecoderConfig(align_best_path=True), V, E)
+    best_path = DecoderConfig(layers=1, width=32, heads=4, align_hidden=16, align_best_path=True)
+    cache = DiffusionDecoder(best_path, V, E).cross_cache(*_inputs()[:2])
+    assert cache.key_pos[0, -1] > 0 and torch.equal(cache.key_pos, cache.key_pos.round())
 
 
 def test_aligned_token_embedding_puts_the_ith_heard_token_at_position_i():
@@ -215,6 +251,43 @@ def test_aligned_token_embedding_puts_the_ith_heard_token_at_position_i():
     # a wider kernel lets a token reach its neighbours, exp(-1 / 2 width^2) of it
     wide = aligned(0.5)
     torch.testing.assert_close(wide[0, 2], table[2] * math.exp(-2.0), atol=1e-3, rtol=0)
+
+
+def test_logit_fusion_adds_the_heads_reading_of_each_position():
+    torch.manual_seed(0)
+    cfg = DecoderConfig(layers=1, width=32, heads=4, align_hidden=16, align_best_path=True)
+    plain = DiffusionDecoder(cfg, V, E).eval()
+    fused = DiffusionDecoder(dataclasses.replace(cfg, align_logit_weight=0.5), V, E).eval()
+    fused.load_state_dict(plain.state_dict())  # the fusion adds no parameter
+    feats, valid, _ = _inputs()
+    canvas = torch.full((2, 30), V)
+    cache = plain.cross_cache(feats, valid)
+    delta = fused(canvas.repeat_interleave(2, 0), cache) - plain(canvas, cache).repeat_interleave(
+        2, 0
+    )
+    log_probs, pos = cache.ctc_log_probs, cache.key_pos
+    for n in range(2):
+        heard = int(pos[n, -1])
+        assert 0 < heard < 29
+        for i in range(1, heard + 1):
+            frame = int((pos[n] >= i).nonzero()[0])  # where the i-th token read starts
+            for row in (2 * n, 2 * n + 1):  # every candidate row of the utterance
+                # neighbours add exp(-8) of theirs
+                torch.testing.assert_close(
+                    delta[row, i], 0.5 * log_probs[n, frame, :V], atol=1e-2, rtol=0
+                )
+        # the padding is the decoder's, and so is the language position (but for exp(-8) of
+        # the first or last token's next door)
+        assert delta[2 * n, heard + 2 :].abs().max() < 1e-5
+        assert delta[2 * n, [0, heard + 1]].abs().max() < 1e-2
+    # decoding can weigh the head otherwise than training did
+    torch.testing.assert_close(fused(canvas, cache, align_weight=0.0), plain(canvas, cache))
+    heavier = fused(canvas, cache, align_weight=1.5) - plain(canvas, cache)
+    torch.testing.assert_close(heavier, 3 * delta[::2], atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="align_logit_weight.*align_best_path"):
+        DiffusionDecoder(
+            dataclasses.replace(cfg, align_best_path=False, align_logit_weight=1.0), V, E
+        )
 
 
 def test_token_input_reaches_an_all_mask_canvas():

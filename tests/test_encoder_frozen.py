@@ -164,6 +164,17 @@ def test_trim_window_is_batch_invariant():
     torch.testing.assert_close(trio[0, :frames], alone[0], rtol=0, atol=1e-5)
 
 
+def test_features_ignore_the_callers_cpu_autocast():
+    # a bf16-mixed training step on a CPU must cache the features inference computes
+    encoder = tiny(window="trim")
+    audio, lengths = clips(1.0, 2.0)
+    plain, _ = encoder.encode(audio, lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = encoder.encode(audio, lengths)
+        assert torch.mm(torch.ones(2, 2), torch.ones(2, 2)).dtype == torch.bfloat16
+    assert torch.equal(mixed, plain)
+
+
 def test_trim_caps_at_thirty_seconds():
     encoder = tiny(window="trim")
     audio = torch.zeros(1, N_SAMPLES + 16000)

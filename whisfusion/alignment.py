@@ -58,6 +58,22 @@ def new_token_probability(log_probs: torch.Tensor, valid: torch.Tensor, blank: i
     return emit * valid
 
 
+def best_path_token_start(log_probs: torch.Tensor, valid: torch.Tensor, blank: int) -> torch.Tensor:
+    """(N, S) 1.0 on the frames where the best CTC path starts a token, else 0.0.
+
+    The hard counterpart of `new_token_probability`: the frame's most likely label is not
+    blank and differs from the previous frame's most likely label (as `greedy_ctc` collapses
+    the path), so the counts of `expected_positions` become whole canvas positions and the
+    i-th token `greedy_ctc` reads starts exactly where the count reaches i.
+
+    Args:
+        log_probs: (N, S, V + 1) CTC log-probabilities; valid: (N, S) bool.
+    """
+    best = log_probs.argmax(dim=-1)
+    previous = F.pad(best[:, :-1], (1, 0), value=blank)  # frame -1 emits nothing
+    return ((best != blank) & (best != previous) & valid).to(log_probs.dtype)
+
+
 def expected_positions(token_start: torch.Tensor) -> torch.Tensor:
     """(N, S) expected number of tokens started up to and including each frame.
 
@@ -65,7 +81,7 @@ def expected_positions(token_start: torch.Tensor) -> torch.Tensor:
     where it is spoken have an expected count near k, so the count is a canvas position.
 
     Args:
-        token_start: (N, S) `new_token_probability` of each frame.
+        token_start: (N, S) `new_token_probability` (or `best_path_token_start`) of each frame.
     """
     return token_start.cumsum(dim=1)
 

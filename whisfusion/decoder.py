@@ -20,6 +20,9 @@ embedding under the head's (detached) posteriors, E^T p_j, through the decoder's
 table: a position can copy what its frames were heard as. With `align_token_input`, each canvas
 position's input adds the embedding of the token the head hears at that position
 (`aligned_token_embedding`), so decoding from an all-[MASK] canvas starts from the frames' reading.
+With `align_best_path`, the frames' canvas positions come from the head's best path (whole
+numbers), and `align_logit_weight` > 0 adds the head's log-probabilities at each position to the
+logits (a product of experts): the decoder learns a correction to what the head reads.
 
 Cross-attention keys/values depend on the audio only: `cross_cache` computes them once per
 utterance, and `forward` reuses them for any number of candidate rows. K candidate rows of one
@@ -40,12 +43,17 @@ from whisfusion.alignment import (
     AlignmentHead,
     aligned_token_embedding,
     alignment_bias,
+    best_path_token_start,
     expected_embedding,
     expected_positions,
     new_token_probability,
     squared_distance,
 )
 from whisfusion.config import DecoderConfig
+
+# Kernel width (canvas positions) with which the head's log-probabilities reach the logits:
+# a neighbour gets exp(-8) of them, so each position reads its own token alone.
+FUSION_WIDTH = 0.25
 
 
 def rope_tables(
@@ -203,11 +211,16 @@ class DiffusionDecoder(nn.Module):
 
     def __init__(self, cfg: DecoderConfig, vocab_size: int, enc_width: int, max_len: int = 448):
         super().__init__()
-        for flag in ("align_token_memory", "align_token_input"):
+        for flag in ("align_token_memory", "align_token_input", "align_best_path"):
             if getattr(cfg, flag) and not cfg.align_hidden:
                 raise ValueError(
                     f"model.decoder.{flag} reads the alignment head: set align_hidden > 0"
                 )
+        if cfg.align_logit_weight and not cfg.align_best_path:
+            raise ValueError(
+                "model.decoder.align_logit_weight reads the head's tokens at whole canvas "
+                "positions: set align_best_path"
+            )
         if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
             raise ValueError(
                 f"decoder width {cfg.width} must split into {cfg.heads} heads of even size"
@@ -240,7 +253,8 @@ class DiffusionDecoder(nn.Module):
             log_probs = self.align(features)
             # detached: only the CTC loss trains the head (see whisfusion.alignment)
             heard = log_probs.detach()
-            start = new_token_probability(heard, valid, self.align.blank)
+            starts = best_path_token_start if self.cfg.align_best_path else new_token_probability
+            start = starts(heard, valid, self.align.blank)
             key_pos = expected_positions(start)
             if self.cfg.align_token_memory or self.cfg.align_token_input:
                 memory = expected_embedding(heard, self.embed.weight[: self.vocab_size])
@@ -249,7 +263,11 @@ class DiffusionDecoder(nn.Module):
         return CrossCache(keys, values, valid, key_pos, log_probs, memory, start)
 
     def forward(
-        self, tokens: torch.Tensor, cache: CrossCache, canvas_valid: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        cache: CrossCache,
+        canvas_valid: torch.Tensor | None = None,
+        align_weight: float | None = None,
     ) -> torch.Tensor:
         """Logits for every canvas position.
 
@@ -258,12 +276,15 @@ class DiffusionDecoder(nn.Module):
                 utterance-major (row n*K + k belongs to utterance n).
             cache: cross-attention keys/values of N utterances (`cross_cache`).
             canvas_valid: (N*K, L) bool, False beyond each row's own canvas (padded batches).
+            align_weight: weight of the head's log-probabilities in the logits, None = the
+                trained `align_logit_weight` (decoding may lean on the head more than training).
         Returns:
             (N*K, L, vocab_size) float logits.
         """
         rows, length = tokens.shape
         if rows % cache.batch:
             raise ValueError(f"{rows} canvas rows do not group onto {cache.batch} utterances")
+        group = rows // cache.batch
         if length > self.pos_embed.num_embeddings:
             raise ValueError(
                 f"canvas of {length} positions is longer than the decoder's maximum "
@@ -277,14 +298,14 @@ class DiffusionDecoder(nn.Module):
         sq_distance = None
         if self.align is not None and cache.key_pos is not None:
             # once per forward, shared by every layer: query row k*L + i sits at position i
-            query_pos = torch.arange(length, device=tokens.device).repeat(rows // cache.batch)
+            query_pos = torch.arange(length, device=tokens.device).repeat(group)
             sq_distance = squared_distance(query_pos, cache.key_pos)
         x = self.embed(tokens) + self.pos_embed.weight[:length]
         if self.cfg.align_token_input and cache.token_memory is not None:
             heard = aligned_token_embedding(
                 cache.token_start, cache.key_pos, cache.token_memory, length
             )
-            x = x + heard.repeat_interleave(rows // cache.batch, dim=0)
+            x = x + heard.repeat_interleave(group, dim=0)
         for blk, k, v in zip(self.blocks, cache.keys, cache.values, strict=False):
             if self.cfg.activation_checkpointing and self.training:
                 x = checkpoint(
@@ -292,4 +313,17 @@ class DiffusionDecoder(nn.Module):
                 )
             else:
                 x = blk(x, cos, sin, self_mask, k, v, key_mask, sq_distance)
-        return self.head(self.norm_out(x)).float()
+        logits = self.head(self.norm_out(x)).float()
+        weight = self.cfg.align_logit_weight if align_weight is None else align_weight
+        if weight and cache.ctc_log_probs is not None:
+            # detached: the decoder learns a correction to the head's reading, the head still
+            # learns from its CTC loss alone
+            heard = aligned_token_embedding(
+                cache.token_start,
+                cache.key_pos,
+                cache.ctc_log_probs.detach()[..., : self.vocab_size],
+                length,
+                FUSION_WIDTH,
+            )
+            logits = logits + weight * heard.repeat_interleave(group, dim=0)
+        return logits

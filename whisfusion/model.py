@@ -150,7 +150,7 @@ class Whisfusion(nn.Module):
         row_valid = canvas_valid.repeat_interleave(decode.candidates, dim=0)
 
         def denoise(tokens: torch.Tensor, cache: CrossCache) -> torch.Tensor:
-            return self.decoder(tokens, cache, row_valid)
+            return self.decoder(tokens, cache, row_valid, decode.align_weight)
 
         result = pdd_decode(
             denoise,
@@ -173,6 +173,11 @@ class Whisfusion(nn.Module):
             )
         if decode.method == "ctc":
             self._alignment_head()
+        if decode.align_weight is not None and not self.cfg.model.decoder.align_best_path:
+            raise ValueError(
+                "decode.align_weight weighs the alignment head's reading at whole canvas "
+                "positions, and this model has none (model.decoder.align_best_path is off)"
+            )
 
     def _alignment_head(self) -> AlignmentHead:
         if self.decoder.align is None:

@@ -58,6 +58,12 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select", choices=METHODS, help="how one candidate is picked")
     p.add_argument("--batch-size", type=int, help="utterances or chunks per decoding batch")
     p.add_argument("--seed", type=int, help="seed of the sampling noise")
+    p.add_argument(
+        "--align-weight",
+        type=float,
+        help="weight of the alignment head's reading in the decoder's logits (models trained "
+        "with model.decoder.align_best_path)",
+    )
 
 
 def add_parser(sub) -> None:
@@ -117,6 +123,7 @@ def decode_settings(model, args: argparse.Namespace, command: str):
             select=args.select,
             batch_size=args.batch_size,
             seed=args.seed,
+            align_weight=args.align_weight,
         )
         model.check_decode(decode)
         return decode

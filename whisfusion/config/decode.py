@@ -25,6 +25,11 @@ class DecodeConfig:
     temperature: float = 1.0
     # How one candidate is picked: "confidence", "mbr" or "rover".
     select: str = "confidence"
+    # Weight of the alignment head's log-probabilities in the decoder's logits at each canvas
+    # position (models with model.decoder.align_best_path); None = the trained
+    # model.decoder.align_logit_weight. Like the CTC weight of joint CTC/attention decoding,
+    # decoding may lean on the head more than training did.
+    align_weight: float | None = None
     # Seed of the sampling noise: the same inputs and seed give the same output.
     seed: int = 0
     # Utterances per decoding batch in transcribe / evaluate.

@@ -67,6 +67,14 @@ class DecoderConfig:
     # alignment head hears there (whisfusion.alignment.aligned_token_embedding; needs
     # align_hidden > 0): even an all-[MASK] canvas then starts from what the frames say.
     align_token_input: bool = False
+    # Canvas positions of the frames from the head's best path (whole numbers: the i-th token
+    # `--method ctc` reads sits at position i) instead of expected counts under its posteriors,
+    # which drift by fractions of a position over a sentence and blend neighbouring tokens.
+    align_best_path: bool = False
+    # Weight of the head's log-probabilities added to the logits at each canvas position
+    # (needs align_best_path); 0 = off. The decoder then learns a correction to the head's
+    # reading instead of reading every token again.
+    align_logit_weight: float = 0.0
 
 
 @dataclass

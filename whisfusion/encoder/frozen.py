@@ -241,7 +241,10 @@ class FrozenWhisperEncoder(nn.Module):
                 (ceil(length / 320) of them). T is 1500 for window="full", the longest
                 clip's window / 320 for window="trim".
 
-        On CUDA the encoder runs under bf16 autocast (the log-mel stays float32).
+        The encoder sets its own precision, whatever autocast the caller runs under: bf16
+        autocast on CUDA (the log-mel stays float32), float32 elsewhere. Features of the same
+        audio are then the same in training (Lightning's bf16-mixed on a CPU included),
+        validation and inference, and a feature cache never mixes precisions.
         """
         if audio.ndim != 2 or lengths.shape != (audio.shape[0],):
             raise ValueError(
@@ -262,8 +265,9 @@ class FrozenWhisperEncoder(nn.Module):
         features = torch.zeros(len(audio), frames, self.width, device=device)
         for window in windows.unique().tolist():
             rows = (windows == window).nonzero().squeeze(1)
-            mel = log_mel_spectrogram(pad_or_trim(audio[rows], window), self.n_mels)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, enabled=False):
+                mel = log_mel_spectrogram(pad_or_trim(audio[rows], window), self.n_mels)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 encoded = self(mel)
             features[rows, : encoded.shape[1]] = encoded.float()
         return features, frame_mask(valid_frames(lengths, windows), frames)
