@@ -81,11 +81,12 @@ class CrossCache:
     keys, values: one (N, H, S, Dh) tensor per layer.
     key_valid: (N, S) bool, True on encoder frames that cover real audio.
     key_pos: (N, S) expected canvas position of each frame (alignment prior), or None.
-    ctc_log_probs: (N, S, V + 1) the alignment head's output (for its loss), or None.
+    ctc_log_probs: (N, S, V + 1) the alignment head's output (for its loss and the logit
+        fusion), or None.
     token_memory: (N, S, D) each frame's expected token embedding under the head's posteriors
         (`align_token_memory` / `align_token_input`), or None.
-    token_start: (N, S) probability that each frame starts a token (`align_token_input`), or
-        None.
+    token_start: (N, S) probability that each frame starts a token (1.0 or 0.0 with
+        `align_best_path`), or None without the alignment head.
     """
 
     keys: list[torch.Tensor]
