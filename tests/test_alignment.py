@@ -74,7 +74,10 @@ def test_best_path_positions_are_whole_and_follow_the_greedy_reading():
     soft = expected_positions(new_token_probability(log_probs, valid, BLANK))
     assert not torch.allclose(soft, soft.round(), atol=0.05)
     best = log_probs.argmax(dim=-1)
-    for n, heard in enumerate(greedy_ctc(log_probs, valid, BLANK)):
+    for n, length in enumerate(valid.sum(dim=1).tolist()):
+        path = best[n, :length].tolist()  # the best path, collapsed by hand
+        heard = [t for j, t in enumerate(path) if t != BLANK and (j == 0 or t != path[j - 1])]
+        assert greedy_ctc(log_probs, valid, BLANK)[n] == heard
         assert int(pos[n, -1]) == len(heard)
         # the frame where the count first reaches i carries the i-th token read
         firsts = [int((pos[n] >= i).nonzero()[0]) for i in range(1, len(heard) + 1)]

@@ -69,9 +69,16 @@ def best_path_token_start(log_probs: torch.Tensor, valid: torch.Tensor, blank: i
     Args:
         log_probs: (N, S, V + 1) CTC log-probabilities; valid: (N, S) bool.
     """
+    return _best_path(log_probs, valid, blank)[1].to(log_probs.dtype)
+
+
+def _best_path(
+    log_probs: torch.Tensor, valid: torch.Tensor, blank: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, S) most likely label of each frame, and (N, S) bool: the frame starts a token."""
     best = log_probs.argmax(dim=-1)
     previous = F.pad(best[:, :-1], (1, 0), value=blank)  # frame -1 emits nothing
-    return ((best != blank) & (best != previous) & valid).to(log_probs.dtype)
+    return best, (best != blank) & (best != previous) & valid
 
 
 def expected_positions(token_start: torch.Tensor) -> torch.Tensor:
@@ -105,14 +112,16 @@ def aligned_token_embedding(
 ) -> torch.Tensor:
     """(N, L, D) per canvas position, the embedding of the token the CTC head hears there.
 
-    Frame j starts a token with probability s_j (`new_token_probability`), at expected canvas
-    position c_j (`expected_positions`); position i sums s_j exp(-(i - c_j)^2 / 2 width^2)
-    e_j over frames, e_j = E^T p_j. Positions no token reaches (the EOS padding) get about zero.
+    Frame j starts a token with probability s_j (`new_token_probability`, or 0 / 1 from
+    `best_path_token_start`), at canvas position c_j (`expected_positions`); position i sums
+    s_j exp(-(i - c_j)^2 / 2 width^2) e_j over frames. e_j is any per-frame vector: the expected
+    embedding E^T p_j for the decoder's input, the head's log-probabilities for its logits.
+    Positions no token reaches (the EOS padding) get about zero.
 
     Args:
-        token_start: (N, S) s_j, from `new_token_probability`.
-        position: (N, S) c_j, from `expected_positions`.
-        frame_embedding: (N, S, D) e_j, from `expected_embedding` of the same log-probabilities.
+        token_start: (N, S) s_j.
+        position: (N, S) c_j, from `expected_positions` of the same s_j.
+        frame_embedding: (N, S, D) e_j, e.g. `expected_embedding` of the same log-probabilities.
         length: canvas positions L.
     """
     canvas = torch.arange(length, device=position.device, dtype=position.dtype)
@@ -166,13 +175,10 @@ def ctc_loss(
 
 
 def greedy_ctc(log_probs: torch.Tensor, valid: torch.Tensor, blank: int) -> list[list[int]]:
-    """Best-path CTC decoding: per utterance the token ids after collapsing repeats and blanks."""
-    best = log_probs.argmax(dim=-1).cpu()
-    out = []
-    for row, n in zip(best, valid.sum(dim=1).tolist(), strict=True):
-        path = row[:n].tolist()
-        out.append([t for j, t in enumerate(path) if t != blank and (j == 0 or t != path[j - 1])])
-    return out
+    """Best-path CTC decoding: per utterance the token ids after collapsing repeats and blanks
+    (the labels of the frames where `best_path_token_start` starts a token)."""
+    best, start = _best_path(log_probs, valid, blank)
+    return [row[keep].tolist() for row, keep in zip(best.cpu(), start.cpu(), strict=True)]
 
 
 def ctc_targets(tokens: torch.Tensor, valid: torch.Tensor, eos_id: int) -> list[list[int]]:

@@ -285,7 +285,6 @@ class DiffusionDecoder(nn.Module):
         rows, length = tokens.shape
         if rows % cache.batch:
             raise ValueError(f"{rows} canvas rows do not group onto {cache.batch} utterances")
-        group = rows // cache.batch
         if length > self.pos_embed.num_embeddings:
             raise ValueError(
                 f"canvas of {length} positions is longer than the decoder's maximum "
@@ -299,14 +298,14 @@ class DiffusionDecoder(nn.Module):
         sq_distance = None
         if self.align is not None and cache.key_pos is not None:
             # once per forward, shared by every layer: query row k*L + i sits at position i
-            query_pos = torch.arange(length, device=tokens.device).repeat(group)
+            query_pos = torch.arange(length, device=tokens.device).repeat(rows // cache.batch)
             sq_distance = squared_distance(query_pos, cache.key_pos)
         x = self.embed(tokens) + self.pos_embed.weight[:length]
         if self.cfg.align_token_input and cache.token_memory is not None:
             heard = aligned_token_embedding(
                 cache.token_start, cache.key_pos, cache.token_memory, length
             )
-            x = x + heard.repeat_interleave(group, dim=0)
+            x = _add_per_utterance(x, heard)
         for blk, k, v in zip(self.blocks, cache.keys, cache.values, strict=False):
             if self.cfg.activation_checkpointing and self.training:
                 x = checkpoint(
@@ -326,5 +325,12 @@ class DiffusionDecoder(nn.Module):
                 length,
                 FUSION_WIDTH,
             )
-            logits = logits + weight * heard.repeat_interleave(group, dim=0)
+            logits = _add_per_utterance(logits, weight * heard)
         return logits
+
+
+def _add_per_utterance(rows: torch.Tensor, per_utterance: torch.Tensor) -> torch.Tensor:
+    """rows (N*K, L, D), utterance-major, plus per_utterance (N, L, D) on each of its K rows,
+    broadcast rather than copied K times."""
+    n = per_utterance.shape[0]
+    return (rows.view(n, -1, *rows.shape[1:]) + per_utterance[:, None]).view(rows.shape)
