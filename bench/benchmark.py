@@ -52,6 +52,7 @@ def _settings(
         "lengths": list(profile.lengths),
         "batches": list(profile.batches),
         "warmup": profile.warmup,
+        "shape_warmup": profile.shape_warmup,
         "repeats": profile.repeats,
         "max_time_s": profile.max_time_s,
         "precision": f"{profile.autocast or 'float32'}"

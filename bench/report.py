@@ -55,17 +55,30 @@ def _settings_lines(result: dict) -> list[str]:
         "`low_confidence` remasking, K candidates per utterance, T steps, canvas L = N + margin "
         "rounded up to 8 (the canvas rule). Both: token ids out; detokenizing and choosing "
         "among candidates are not timed.",
-        f"Each (decoder, batch) is warmed up ({s['warmup']} run) before its timings; each "
-        f"time is the median of {s['repeats']} runs, fewer once they add up to "
-        f"{s['max_time_s']:g} s (at least one). `torch.set_num_threads({s['threads']})`"
+        f"Each (decoder, batch) is warmed up ({s['warmup']} run) before its timings"
         + (
-            f" (not {result['machine']['cores_usable']}: the other cores were busy with other "
-            "work at the start, and threads that wait on a busy core stall every parallel op)"
-            if s["threads"] < result["machine"]["cores_usable"]
+            f", and each measurement by {s['shape_warmup']} run at its own shape"
+            if s.get("shape_warmup")
             else ""
         )
+        + f"; each time is the median of {s['repeats']} runs, fewer once they add up to "
+        f"{s['max_time_s']:g} s (at least one). `torch.set_num_threads({s['threads']})`"
+        + threads_note(s["threads"], result["machine"])
         + ", `torch.inference_mode()`.",
     ]
+
+
+def threads_note(threads: int, machine: dict) -> str:
+    """Why fewer threads than cores ran: busy cores at the start, else the caller's choice."""
+    cores = machine["cores_usable"]
+    if threads >= cores:
+        return ""
+    if machine.get("under_load"):
+        return (
+            f" (not {cores}: the other cores were busy with other work at the start, and "
+            "threads that wait on a busy core stall every parallel op)"
+        )
+    return f" (of {cores} cores, as asked)"
 
 
 def _summary_lines(result: dict) -> list[str]:

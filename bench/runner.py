@@ -2,8 +2,8 @@
 
 Every decoder reads the same encoder output: the first benchmark clip under the 30 s window,
 repeated over the batch. Each group of timings (a decoder at one batch size, and for PDD one K) is
-preceded by `profile.warmup` untimed runs of its cheapest setting; eager kernels need no further
-warm-up per length.
+preceded by `profile.warmup` untimed runs of its cheapest setting, and each measurement by
+`profile.shape_warmup` untimed runs of its own shape (GPU kernels are chosen per shape).
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ def measure(profile: Profile, device: torch.device, fn: Callable[[], object], **
     """Time `fn` as the profile says; one measurement row: `fields` plus the timings."""
     with autocast(profile, device), torch.inference_mode():
         timing = time_call(
-            fn, device, warmup=0, repeats=profile.repeats, max_time_s=profile.max_time_s
+            fn,
+            device,
+            warmup=profile.shape_warmup,
+            repeats=profile.repeats,
+            max_time_s=profile.max_time_s,
         )
     log.info("%s: %.4f s", " ".join(f"{k}={v}" for k, v in fields.items()), timing.median_s)
     return {
@@ -62,7 +66,7 @@ def time_encoder(
 ) -> list[dict]:
     """The encoder alone (log-mel included) on one clip: 30 s window and the clip's trim window.
 
-    Warmed up on the clip alone: the batched runs use the same kernels.
+    Warmed up on the clip alone; each batch size then gets `profile.shape_warmup` runs of its own.
     """
     rows = []
     for window in ("full", "trim"):

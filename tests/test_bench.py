@@ -31,7 +31,8 @@ from bench.profiles import (  # noqa: E402
     pdd_shape,
     replace_in_settings,
 )
-from bench.report import update_results  # noqa: E402
+from bench.report import threads_note, update_results  # noqa: E402
+from bench.runner import measure  # noqa: E402
 from bench.summary import crossing, recommend  # noqa: E402
 
 # Whisper's vocabulary (the prompt ids live at its end), everything else tiny.
@@ -50,6 +51,7 @@ def tiny_profile(**changes) -> Profile:
         batches=(1, 2),
         lengths=(8, 16),
         warmup=1,
+        shape_warmup=0,
         repeats=2,
         max_time_s=1.0,
         real_weights=False,
@@ -112,6 +114,22 @@ def test_gpu_profile_path_runs_under_bf16_autocast(tmp_path):
     assert result["settings"]["precision"].startswith("bfloat16 autocast")
     assert len([r for r in result["measurements"] if r["family"] == "pdd"]) == 1
     assert (tmp_path / "decoding.png").is_file()
+
+
+@pytest.mark.parametrize("shape_warmup", [0, 2])
+def test_each_measurement_runs_its_shape_warmup_untimed(shape_warmup):
+    calls = []
+    profile = tiny_profile(shape_warmup=shape_warmup, repeats=3, max_time_s=float("inf"))
+    row = measure(profile, torch.device("cpu"), lambda: calls.append(1), family="encoder")
+    assert len(calls) == shape_warmup + 3
+    assert len(row["samples_s"]) == 3
+
+
+def test_report_says_why_fewer_threads_ran_than_cores():
+    assert threads_note(4, {"cores_usable": 4, "under_load": True}) == ""
+    assert "busy" in threads_note(1, {"cores_usable": 2, "under_load": True})
+    asked = threads_note(4, {"cores_usable": 16, "under_load": False})
+    assert "busy" not in asked and "as asked" in asked
 
 
 def test_synthetic_clips_stand_in_without_espeak(monkeypatch):
