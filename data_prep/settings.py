@@ -63,6 +63,9 @@ class PrepSettings:
                 "corpus_tag": self.corpus_tag,
             },
             "tokenizer": {
+                # what the stage writes: a data directory prepared before language_tokens.json
+                # existed redoes this stage (and the later ones) once
+                "outputs": ["tokenizer.model", "stats.json", "language_tokens.json"],
                 "vocab_size": self.vocab_size,
                 "model_type": self.model_type,
                 "tokenizer_lines": self.tokenizer_lines,

@@ -2,7 +2,8 @@
 returns a report (read / kept / dropped and why) that the driver saves and summarizes.
 
     <out>/manifests/{train,valid}_raw.jsonl     manifest: every corpus in the common format
-    <out>/tokenizer.model, <out>/stats.json     tokenizer: SentencePiece model, tokens/s, r_max
+    <out>/tokenizer.model, <out>/stats.json     tokenizer: SentencePiece model, tokens/s, r_max,
+    <out>/language_tokens.json                  and how often each language uses each token
     <out>/manifests/{train,valid}/<lang>.jsonl  filter: utterances whose text fits the canvas
     <out>/shards/{train,valid}/<lang>-NNNNNN.tar, <out>/index.json           shards
     (verify writes nothing: it decodes every sample and fails on any problem)
@@ -19,7 +20,7 @@ import random
 import shutil
 import time
 from array import array
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from itertools import islice
 from pathlib import Path
@@ -44,6 +45,8 @@ from whisfusion.data.shards import (
     write_json_atomic,
     write_shard,
 )
+from whisfusion.language_vocab import FILE_NAME as LANGUAGE_VOCAB_FILE
+from whisfusion.language_vocab import LanguageVocabulary
 from whisfusion.tokenizer import Tokenizer, train_tokenizer
 
 log = logging.getLogger("data_prep")
@@ -264,8 +267,14 @@ def stage_tokenizer(s: PrepSettings, stage_hash: str) -> dict[str, Any]:
         model_type=s.model_type,
     )
     rates: dict[str, array] = {}
+    counts: dict[str, Counter] = defaultdict(Counter)
     for utt in tqdm(read_manifest(train), desc="tokens/s", unit="utt", disable=None):
-        rates.setdefault(utt.lang, array("f")).append(len(tok.encode(utt.text)) / utt.duration)
+        ids = tok.encode(utt.text)
+        rates.setdefault(utt.lang, array("f")).append(len(ids) / utt.duration)
+        counts[utt.lang].update(ids)
+    # which tokens each language uses (decode.language_vocab_min_count)
+    vocab = LanguageVocabulary.from_counts(counts, tok.languages, tok.vocab_size)
+    write_json_atomic(s.out / LANGUAGE_VOCAB_FILE, vocab.to_dict())
     per_language = {lang: _percentiles(np.asarray(r)) for lang, r in sorted(rates.items())}
     pooled = _percentiles(np.concatenate([np.asarray(r) for r in rates.values()]))
     r_max = math.ceil(pooled["p99"] * 2) / 2
@@ -280,6 +289,7 @@ def stage_tokenizer(s: PrepSettings, stage_hash: str) -> dict[str, Any]:
             "lines_per_language": per_lang,
             "character_coverage": coverage,
         },
+        "tokens_used": {lang: len(c) for lang, c in sorted(counts.items())},
     }
     write_json_atomic(s.out / "stats.json", stats)
     return stats

@@ -7,6 +7,7 @@ import logging
 import math
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from data_prep.prepare import main, run
 from data_prep.settings import PrepSettings, Source
 from data_prep.stages import MAX_CHARACTER_COVERAGE, STAGES, PrepError, balanced_lines
 from whisfusion.data.manifest import read_manifest
+from whisfusion.language_vocab import LanguageVocabulary
 from whisfusion.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -86,6 +88,21 @@ def test_all_stages(corpus, tmp_path):
     assert stats["r_max"] >= stats["tokens_per_second"]["all"]["p99"]
     assert stats["r_max"] * 2 == math.ceil(stats["r_max"] * 2)
     assert (out / "tokenizer.model").is_file()
+    # every token of every kept training transcript, counted under its language
+    tok = Tokenizer.from_file(out / "tokenizer.model")
+    vocab = LanguageVocabulary.from_file(
+        out / "language_tokens.json", tok.languages, tok.vocab_size
+    )
+    for lang in ("en", "de"):
+        expected = Counter(
+            i
+            for u in read_manifest(out / "manifests" / "train_raw.jsonl")
+            if u.lang == lang
+            for i in tok.encode(u.text)
+        )
+        row = vocab.counts[tok.languages.index(lang)]
+        assert {int(i): int(row[i]) for i in row.nonzero().flatten()} == dict(expected)
+        assert stats["tokens_used"][lang] == len(expected)
 
     index = json.loads((out / "index.json").read_text())
     for split in ("train", "valid"):

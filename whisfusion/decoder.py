@@ -50,6 +50,7 @@ from whisfusion.alignment import (
     squared_distance,
 )
 from whisfusion.config import DecoderConfig
+from whisfusion.language_vocab import blocked_bias, restrict_log_probs
 
 # Kernel width (canvas positions) with which the head's log-probabilities reach the logits:
 # a neighbour gets exp(-8) of them, so each position reads its own token alone.
@@ -87,6 +88,8 @@ class CrossCache:
         (`align_token_memory` / `align_token_input`), or None.
     token_start: (N, S) probability that each frame starts a token (1.0 or 0.0 with
         `align_best_path`), or None without the alignment head.
+    logit_bias: (N, 1, V) added to every position's logits (0, or BLOCKED on tokens outside
+        the utterance's language vocabulary), or None.
     """
 
     keys: list[torch.Tensor]
@@ -96,6 +99,7 @@ class CrossCache:
     ctc_log_probs: torch.Tensor | None = None
     token_memory: torch.Tensor | None = None
     token_start: torch.Tensor | None = None
+    logit_bias: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:
@@ -247,11 +251,23 @@ class DiffusionDecoder(nn.Module):
     def mask_id(self) -> int:
         return self.vocab_size
 
-    def cross_cache(self, features: torch.Tensor, valid: torch.Tensor) -> CrossCache:
-        """Project encoder output once per utterance: features (N, S, E), valid (N, S) bool."""
-        log_probs = key_pos = memory = start = None
+    def cross_cache(
+        self, features: torch.Tensor, valid: torch.Tensor, allowed: torch.Tensor | None = None
+    ) -> CrossCache:
+        """Project encoder output once per utterance.
+
+        Args:
+            features: (N, S, E); valid: (N, S) bool.
+            allowed: (N, V) bool, the tokens each utterance may contain (its language's
+                vocabulary, see whisfusion.language_vocab), or None for every token.
+        """
+        log_probs = key_pos = memory = start = bias = None
+        if allowed is not None:
+            bias = blocked_bias(allowed)
         if self.align is not None:
             log_probs = self.align(features)
+            if allowed is not None:
+                log_probs = restrict_log_probs(log_probs, allowed)
             # detached: only the CTC loss trains the head (see whisfusion.alignment)
             heard = log_probs.detach()
             starts = best_path_token_start if self.cfg.align_best_path else new_token_probability
@@ -261,7 +277,7 @@ class DiffusionDecoder(nn.Module):
                 memory = expected_embedding(heard, self.embed.weight[: self.vocab_size])
         pairs = [blk.cross_attn.project(features, memory) for blk in self.blocks]
         keys, values = [k for k, _ in pairs], [v for _, v in pairs]
-        return CrossCache(keys, values, valid, key_pos, log_probs, memory, start)
+        return CrossCache(keys, values, valid, key_pos, log_probs, memory, start, bias)
 
     def forward(
         self,
@@ -326,11 +342,13 @@ class DiffusionDecoder(nn.Module):
                 FUSION_WIDTH,
             )
             logits = _add_per_utterance(logits, weight * heard)
+        if cache.logit_bias is not None:
+            logits = _add_per_utterance(logits, cache.logit_bias)
         return logits
 
 
 def _add_per_utterance(rows: torch.Tensor, per_utterance: torch.Tensor) -> torch.Tensor:
-    """rows (N*K, L, D), utterance-major, plus per_utterance (N, L, D) on each of its K rows,
-    broadcast rather than copied K times."""
+    """rows (N*K, L, D), utterance-major, plus per_utterance (N, L, D) or (N, 1, D) on each of
+    its K rows, broadcast rather than copied K times."""
     n = per_utterance.shape[0]
     return (rows.view(n, -1, *rows.shape[1:]) + per_utterance[:, None]).view(rows.shape)

@@ -2,7 +2,8 @@
 
 The LightningModule trains it; `Whisfusion.from_checkpoint` rebuilds it for inference from a
 self-contained checkpoint (decoder weights, tokenizer, config, and the encoder's source + hash:
-the frozen encoder's weights are never copied into checkpoints).
+the frozen encoder's weights are never copied into checkpoints, and the per-language token
+counts when training had them).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from whisfusion.config import (
 from whisfusion.config.decode import DECODE_METHODS
 from whisfusion.decoder import CrossCache, DiffusionDecoder
 from whisfusion.encoder import FrozenWhisperEncoder
+from whisfusion.language_vocab import LanguageVocabulary, restrict_log_probs
 from whisfusion.pdd import Transcript, canvas_for, decode_result, options_from_config, pdd_decode
 from whisfusion.tokenizer import Tokenizer
 from whisfusion.transcribe import AudioInput, FileTranscript, transcribe_audio
@@ -85,16 +87,29 @@ class CheckpointError(RuntimeError):
 class Whisfusion(nn.Module):
     """Frozen Whisper encoder + masked-diffusion decoder + tokenizer."""
 
-    def __init__(self, cfg: RunConfig, tokenizer: Tokenizer, encoder: FrozenWhisperEncoder):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        tokenizer: Tokenizer,
+        encoder: FrozenWhisperEncoder,
+        language_vocab: LanguageVocabulary | None = None,
+    ):
         super().__init__()
         self.cfg, self.tokenizer, self.encoder = cfg, tokenizer, encoder
+        # token counts per language of the training transcripts (decode.language_vocab_min_count)
+        self.language_vocab = language_vocab
         self.decoder = DiffusionDecoder(
             cfg.model.decoder, tokenizer.vocab_size, encoder.width, cfg.model.canvas.max_len
         )
 
     @classmethod
-    def from_config(cls, cfg: RunConfig, tokenizer: Tokenizer) -> Whisfusion:
-        return cls(cfg, tokenizer, build_encoder(cfg.model.encoder))
+    def from_config(
+        cls,
+        cfg: RunConfig,
+        tokenizer: Tokenizer,
+        language_vocab: LanguageVocabulary | None = None,
+    ) -> Whisfusion:
+        return cls(cfg, tokenizer, build_encoder(cfg.model.encoder), language_vocab)
 
     @property
     def device(self) -> torch.device:
@@ -106,8 +121,30 @@ class Whisfusion(nn.Module):
         """audio (B, S) 16 kHz, lengths (B,) -> features (B, T, E), valid (B, T) bool."""
         return self.encoder.encode(audio, lengths)
 
-    def cross_cache(self, features: torch.Tensor, valid: torch.Tensor) -> CrossCache:
-        return self.decoder.cross_cache(features.to(self.decoder.head.weight.dtype), valid)
+    def cross_cache(
+        self, features: torch.Tensor, valid: torch.Tensor, allowed: torch.Tensor | None = None
+    ) -> CrossCache:
+        return self.decoder.cross_cache(features.to(self.decoder.head.weight.dtype), valid, allowed)
+
+    def allowed_tokens(
+        self, languages: Sequence[str | None] | None, min_count: int
+    ) -> torch.Tensor | None:
+        """(N, V) bool on the model's device: the tokens each utterance's given language used
+        at least `min_count` times in training (EOS always; every token where the language is
+        None), or None when nothing is restricted."""
+        if min_count <= 0 or languages is None or all(lang is None for lang in languages):
+            return None
+        vocab = self._language_vocab()
+        return vocab.allowed(languages, min_count, [self.tokenizer.eos_id]).to(self.device)
+
+    def _language_vocab(self) -> LanguageVocabulary:
+        if self.language_vocab is None:
+            raise ValueError(
+                "decode.language_vocab_min_count reads the per-language token counts of the "
+                "training transcripts, and this model has none (train on a data directory whose "
+                "tokenizer stage wrote language_tokens.json)"
+            )
+        return self.language_vocab
 
     @torch.no_grad()
     def decode_features(
@@ -133,8 +170,9 @@ class Whisfusion(nn.Module):
         """
         decode = decode or self.cfg.decode
         self.check_decode(decode)
+        allowed = self.allowed_tokens(languages, decode.language_vocab_min_count)
         if decode.method == "ctc":
-            return self.read_ctc(features, valid, languages)
+            return self.read_ctc(features, valid, languages, allowed)
         if generator is None:
             generator = torch.Generator().manual_seed(decode.seed)
         lengths = [canvas_length(float(d), self.cfg.model.canvas) for d in durations]
@@ -154,7 +192,7 @@ class Whisfusion(nn.Module):
 
         result = pdd_decode(
             denoise,
-            self.cross_cache(features.to(self.device), valid.to(self.device)),
+            self.cross_cache(features.to(self.device), valid.to(self.device), allowed),
             canvas,
             canvas_valid,
             mask_id=self.tokenizer.mask_id,
@@ -178,6 +216,13 @@ class Whisfusion(nn.Module):
                 "decode.align_weight weighs the alignment head's reading at whole canvas "
                 "positions, and this model has none (model.decoder.align_best_path is off)"
             )
+        if decode.language_vocab_min_count < 0:
+            raise ValueError(
+                f"decode.language_vocab_min_count must be >= 0, got "
+                f"{decode.language_vocab_min_count}"
+            )
+        if decode.language_vocab_min_count:
+            self._language_vocab()
 
     def _alignment_head(self) -> AlignmentHead:
         if self.decoder.align is None:
@@ -193,17 +238,21 @@ class Whisfusion(nn.Module):
         features: torch.Tensor,
         valid: torch.Tensor,
         languages: Sequence[str | None] | None = None,
+        allowed: torch.Tensor | None = None,
     ) -> list[Transcript]:
         """Greedy CTC reading of the alignment head: one transcript per utterance.
 
         The head reads tokens only: an utterance's language is the given one, else None.
-        features: (N, T, E) encoder output; valid: (N, T) bool.
+        features: (N, T, E) encoder output; valid: (N, T) bool; allowed: (N, V) bool, the
+        tokens each utterance may contain (`allowed_tokens`), or None for every token.
 
         Raises:
             ValueError: the model has no alignment head.
         """
         head = self._alignment_head()
         log_probs = head(features.to(self.device, self.decoder.head.weight.dtype))
+        if allowed is not None:
+            log_probs = restrict_log_probs(log_probs, allowed)
         ids = greedy_ctc(log_probs, valid.to(self.device), head.blank)
         languages = languages if languages is not None else [None] * len(ids)
         texts = [self.tokenizer.decode(row).strip() for row in ids]
@@ -241,13 +290,17 @@ class Whisfusion(nn.Module):
     def checkpoint_payload(self) -> dict:
         """What a checkpoint needs beyond the decoder weights to rebuild this model."""
         proto = self.tokenizer.to_bytes()
-        return {
+        payload = {
             "format": 1,
             "config": config_to_dict(self.cfg),
             # a uint8 tensor, because checkpoints are read with torch.load(weights_only=True)
             "tokenizer": torch.frombuffer(bytearray(proto), dtype=torch.uint8).clone(),
             "encoder": {"source": self.encoder.source, "sha256": self.encoder.sha256},
         }
+        if self.language_vocab is not None:
+            # rows in the tokenizer's language order
+            payload["language_tokens"] = self.language_vocab.counts
+        return payload
 
     @classmethod
     def from_checkpoint(
@@ -298,7 +351,9 @@ class Whisfusion(nn.Module):
             ) from None
         except ValueError as err:
             raise CheckpointError(f"{path}: encoder does not match the checkpoint: {err}") from None
-        model = cls(cfg, tokenizer, encoder)
+        counts = payload.get("language_tokens")
+        vocab = None if counts is None else LanguageVocabulary(tokenizer.languages, counts)
+        model = cls(cfg, tokenizer, encoder, vocab)
         state = ckpt.get("ema_state_dict") if use_ema else None
         state = state or {
             k[len("model.decoder.") :]: v

@@ -19,6 +19,8 @@ from whisfusion.checkpoint_io import AtomicCheckpointIO
 from whisfusion.config import RunConfig, config_to_yaml
 from whisfusion.decoder import DecoderBlock
 from whisfusion.distributed import BatchPlan, RankAgreement, plan_for, train_shard_listing
+from whisfusion.language_vocab import FILE_NAME as LANGUAGE_VOCAB_FILE
+from whisfusion.language_vocab import LanguageVocabulary
 from whisfusion.lightning_module import WhisfusionModule
 from whisfusion.model import Whisfusion
 from whisfusion.scoring import cer_line
@@ -48,6 +50,14 @@ def resolve_data_paths(cfg: RunConfig) -> None:
                 f"model.canvas.r_max is 0 and there is no stats.json in data.root ({root})"
             )
         cfg.model.canvas.r_max = float(json.loads(stats.read_text())["r_max"])
+
+
+def language_vocab_beside(cfg: RunConfig, tokenizer: Tokenizer) -> LanguageVocabulary | None:
+    """The per-language token counts data preparation wrote beside the tokenizer model, if any."""
+    path = Path(cfg.model.tokenizer.path).with_name(LANGUAGE_VOCAB_FILE)
+    if not path.is_file():
+        return None
+    return LanguageVocabulary.from_file(path, tokenizer.languages, tokenizer.vocab_size)
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
@@ -119,7 +129,9 @@ def run_training(cfg: RunConfig) -> Path:
     # data.batch_size is the most one device holds; the plan may choose less.
     cfg.data.batch_size = plan.per_device
     tokenizer = Tokenizer.from_file(cfg.model.tokenizer.path)
-    module = WhisfusionModule(Whisfusion.from_config(cfg, tokenizer))
+    model = Whisfusion.from_config(cfg, tokenizer, language_vocab_beside(cfg, tokenizer))
+    model.check_decode(cfg.decode)  # before any training step, not at the first validation
+    module = WhisfusionModule(model)
     data = WhisfusionDataModule(cfg.data, cfg.model.canvas, tokenizer)
     validation = PDDValidation(cfg.decode, cfg.validation)
     callbacks = [

@@ -64,6 +64,13 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
         help="weight of the alignment head's reading in the decoder's logits (models trained "
         "with model.decoder.align_best_path)",
     )
+    p.add_argument(
+        "--language-vocab-min-count",
+        type=int,
+        metavar="N",
+        help="with a given language, block tokens its training transcripts used fewer than N "
+        "times (0 = any token)",
+    )
 
 
 def add_parser(sub) -> None:
@@ -124,6 +131,7 @@ def decode_settings(model, args: argparse.Namespace, command: str):
             batch_size=args.batch_size,
             seed=args.seed,
             align_weight=args.align_weight,
+            language_vocab_min_count=args.language_vocab_min_count,
         )
         model.check_decode(decode)
         return decode

@@ -30,6 +30,10 @@ class DecodeConfig:
     # model.decoder.align_logit_weight. Like the CTC weight of joint CTC/attention decoding,
     # decoding may lean on the head more than training did.
     align_weight: float | None = None
+    # With a given language, block the tokens that language's training transcripts used fewer
+    # than this many times (counted by data preparation, carried in the checkpoint; see
+    # whisfusion.language_vocab); 0 = any token of the shared vocabulary.
+    language_vocab_min_count: int = 0
     # Seed of the sampling noise: the same inputs and seed give the same output.
     seed: int = 0
     # Utterances per decoding batch in transcribe / evaluate.
