@@ -16,6 +16,7 @@ from whisfusion.alignment import (
     expected_positions,
     greedy_ctc,
     new_token_probability,
+    penalize_blank,
     squared_distance,
 )
 from whisfusion.config import DecoderConfig
@@ -127,6 +128,37 @@ def test_greedy_ctc_collapses_repeats_and_blanks():
     path = [0, 0, BLANK, 0, 1, 1, BLANK, 2]
     valid = torch.tensor([[True] * 7 + [False]])
     assert greedy_ctc(_one_hot_log_probs(path), valid, BLANK) == [[0, 0, 1]]
+
+
+def test_blank_penalty_lowers_the_blank_and_keeps_the_other_labels_ratios():
+    log_probs = torch.randn(2, 6, 4).log_softmax(-1)
+    assert penalize_blank(log_probs, 0.0, BLANK) is log_probs
+    out = penalize_blank(log_probs, 1.5, BLANK)
+    assert torch.allclose(out.logsumexp(-1), torch.zeros(2, 6), atol=1e-6)
+    assert (out[..., BLANK] < log_probs[..., BLANK]).all()
+    ratios = out[..., :BLANK] - out[..., :1]
+    assert torch.allclose(ratios, log_probs[..., :BLANK] - log_probs[..., :1], atol=1e-5)
+    # blank at 0.5 against a label at 0.3: the greedy reading drops the label until penalized
+    frame = torch.tensor([[[0.3, 0.1, 0.1, 0.5]]]).log()
+    valid = torch.ones(1, 1, dtype=torch.bool)
+    assert greedy_ctc(frame, valid, BLANK) == [[]]
+    assert greedy_ctc(penalize_blank(frame, 1.0, BLANK), valid, BLANK) == [[0]]
+
+
+def test_decoding_reads_more_tokens_under_a_blank_penalty():
+    torch.manual_seed(0)
+    cfg = DecoderConfig(layers=1, width=32, heads=4, align_hidden=16, align_best_path=True)
+    decoder = DiffusionDecoder(cfg, V, E).eval()
+    feats, valid, _ = _inputs()
+    with torch.no_grad():
+        decoder.align.proj[-1].bias[decoder.align.blank] += 2.0  # a peaky head: blank wins
+        heard = [
+            int(decoder.cross_cache(feats, valid, blank_penalty=p).token_start.sum())
+            for p in (0.0, 2.0, 8.0)
+        ]
+        plain = decoder.cross_cache(feats, valid).ctc_log_probs
+    assert heard[0] < heard[1] < heard[2]
+    assert torch.equal(decoder.align(feats), plain)  # training reads the head unchanged
 
 
 def test_ctc_targets_drop_language_and_padding():

@@ -185,6 +185,10 @@ def test_bad_arguments_are_refused(model):
         model.read_ctc(torch.zeros(1, 5, model.encoder.width), torch.ones(1, 5, dtype=bool))
     with pytest.raises(ValueError, match="align_weight.*align_best_path is off"):
         model.check_decode(with_overrides(model.cfg.decode, align_weight=2.0))
+    with pytest.raises(ValueError, match="align_hidden is 0"):  # a blank penalty needs the head
+        model.check_decode(with_overrides(model.cfg.decode, blank_penalty=1.0))
+    with pytest.raises(ValueError, match="blank_penalty must be >= 0"):
+        model.check_decode(with_overrides(model.cfg.decode, blank_penalty=-1.0))
 
 
 def test_ctc_method_reads_the_alignment_head_greedily():

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from whisfusion.language_vocab import restrict_log_probs
+
 
 class AlignmentHead(nn.Module):
     """Encoder frames -> CTC log-probabilities over the text tokens plus a blank.
@@ -38,6 +40,41 @@ class AlignmentHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """features (N, S, E) -> log-probabilities (N, S, V + 1), float32."""
         return F.log_softmax(self.proj(features).float(), dim=-1)
+
+    def read(
+        self,
+        features: torch.Tensor,
+        allowed: torch.Tensor | None = None,
+        blank_penalty: float = 0.0,
+    ) -> torch.Tensor:
+        """The log-probabilities decoding reads (training passes neither option).
+
+        Args:
+            features: (N, S, E); allowed: (N, V) bool, each utterance's language vocabulary
+                (whisfusion.language_vocab), or None; blank_penalty: see `penalize_blank`.
+        Returns:
+            (N, S, V + 1) float32 log-probabilities.
+        """
+        log_probs = penalize_blank(self(features), blank_penalty, self.blank)
+        return log_probs if allowed is None else restrict_log_probs(log_probs, allowed)
+
+
+def penalize_blank(log_probs: torch.Tensor, penalty: float, blank: int) -> torch.Tensor:
+    """CTC log-probabilities with `penalty` taken off the blank's, renormalized.
+
+    A CTC head trained on little data is peaky: the blank wins most frames, and a token heard
+    with moderate confidence loses to it, so the reading drops tokens (most of the demo's
+    errors are deletions). A blank penalty at decoding trades deletions for insertions, as in
+    icefall's CTC decoding; the ratios among the other labels stay the same.
+
+    Args:
+        log_probs: (N, S, V + 1); penalty: >= 0, 0 returns `log_probs` itself.
+    """
+    if not penalty:
+        return log_probs
+    shift = torch.zeros(log_probs.shape[-1], dtype=log_probs.dtype, device=log_probs.device)
+    shift[blank] = penalty
+    return F.log_softmax(log_probs - shift, dim=-1)
 
 
 def new_token_probability(log_probs: torch.Tensor, valid: torch.Tensor, blank: int) -> torch.Tensor:

@@ -50,7 +50,7 @@ from whisfusion.alignment import (
     squared_distance,
 )
 from whisfusion.config import DecoderConfig
-from whisfusion.language_vocab import blocked_bias, restrict_log_probs
+from whisfusion.language_vocab import blocked_bias
 
 # Kernel width (canvas positions) with which the head's log-probabilities reach the logits:
 # a neighbour gets exp(-8) of them, so each position reads its own token alone.
@@ -252,7 +252,11 @@ class DiffusionDecoder(nn.Module):
         return self.vocab_size
 
     def cross_cache(
-        self, features: torch.Tensor, valid: torch.Tensor, allowed: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        valid: torch.Tensor,
+        allowed: torch.Tensor | None = None,
+        blank_penalty: float = 0.0,
     ) -> CrossCache:
         """Project encoder output once per utterance.
 
@@ -260,14 +264,14 @@ class DiffusionDecoder(nn.Module):
             features: (N, S, E); valid: (N, S) bool.
             allowed: (N, V) bool, the tokens each utterance may contain (its language's
                 vocabulary, see whisfusion.language_vocab), or None for every token.
+            blank_penalty: taken off the alignment head's blank log-probability at decoding
+                (`alignment.penalize_blank`).
         """
         log_probs = key_pos = memory = start = bias = None
         if allowed is not None:
             bias = blocked_bias(allowed)
         if self.align is not None:
-            log_probs = self.align(features)
-            if allowed is not None:
-                log_probs = restrict_log_probs(log_probs, allowed)
+            log_probs = self.align.read(features, allowed, blank_penalty)
             # detached: only the CTC loss trains the head (see whisfusion.alignment)
             heard = log_probs.detach()
             starts = best_path_token_start if self.cfg.align_best_path else new_token_probability

@@ -28,7 +28,7 @@ from whisfusion.config import (
 from whisfusion.config.decode import DECODE_METHODS
 from whisfusion.decoder import CrossCache, DiffusionDecoder
 from whisfusion.encoder import FrozenWhisperEncoder
-from whisfusion.language_vocab import LanguageVocabulary, restrict_log_probs
+from whisfusion.language_vocab import LanguageVocabulary
 from whisfusion.pdd import Transcript, canvas_for, decode_result, options_from_config, pdd_decode
 from whisfusion.tokenizer import Tokenizer
 from whisfusion.transcribe import AudioInput, FileTranscript, transcribe_audio
@@ -122,9 +122,15 @@ class Whisfusion(nn.Module):
         return self.encoder.encode(audio, lengths)
 
     def cross_cache(
-        self, features: torch.Tensor, valid: torch.Tensor, allowed: torch.Tensor | None = None
+        self,
+        features: torch.Tensor,
+        valid: torch.Tensor,
+        allowed: torch.Tensor | None = None,
+        blank_penalty: float = 0.0,
     ) -> CrossCache:
-        return self.decoder.cross_cache(features.to(self.decoder.head.weight.dtype), valid, allowed)
+        return self.decoder.cross_cache(
+            features.to(self.decoder.head.weight.dtype), valid, allowed, blank_penalty
+        )
 
     def allowed_tokens(
         self, languages: Sequence[str | None] | None, min_count: int
@@ -172,7 +178,7 @@ class Whisfusion(nn.Module):
         self.check_decode(decode)
         allowed = self.allowed_tokens(languages, decode.language_vocab_min_count)
         if decode.method == "ctc":
-            return self.read_ctc(features, valid, languages, allowed)
+            return self.read_ctc(features, valid, languages, allowed, decode.blank_penalty)
         if generator is None:
             generator = torch.Generator().manual_seed(decode.seed)
         lengths = [canvas_length(float(d), self.cfg.model.canvas) for d in durations]
@@ -192,7 +198,9 @@ class Whisfusion(nn.Module):
 
         result = pdd_decode(
             denoise,
-            self.cross_cache(features.to(self.device), valid.to(self.device), allowed),
+            self.cross_cache(
+                features.to(self.device), valid.to(self.device), allowed, decode.blank_penalty
+            ),
             canvas,
             canvas_valid,
             mask_id=self.tokenizer.mask_id,
@@ -223,6 +231,10 @@ class Whisfusion(nn.Module):
             )
         if decode.language_vocab_min_count:
             self._language_vocab()
+        if decode.blank_penalty < 0:
+            raise ValueError(f"decode.blank_penalty must be >= 0, got {decode.blank_penalty}")
+        if decode.blank_penalty:
+            self._alignment_head()
 
     def _alignment_head(self) -> AlignmentHead:
         if self.decoder.align is None:
@@ -239,20 +251,21 @@ class Whisfusion(nn.Module):
         valid: torch.Tensor,
         languages: Sequence[str | None] | None = None,
         allowed: torch.Tensor | None = None,
+        blank_penalty: float = 0.0,
     ) -> list[Transcript]:
         """Greedy CTC reading of the alignment head: one transcript per utterance.
 
         The head reads tokens only: an utterance's language is the given one, else None.
         features: (N, T, E) encoder output; valid: (N, T) bool; allowed: (N, V) bool, the
-        tokens each utterance may contain (`allowed_tokens`), or None for every token.
+        tokens each utterance may contain (`allowed_tokens`), or None for every token;
+        blank_penalty: taken off the blank's log-probability (`alignment.penalize_blank`).
 
         Raises:
             ValueError: the model has no alignment head.
         """
         head = self._alignment_head()
-        log_probs = head(features.to(self.device, self.decoder.head.weight.dtype))
-        if allowed is not None:
-            log_probs = restrict_log_probs(log_probs, allowed)
+        features = features.to(self.device, self.decoder.head.weight.dtype)
+        log_probs = head.read(features, allowed, blank_penalty)
         ids = greedy_ctc(log_probs, valid.to(self.device), head.blank)
         languages = languages if languages is not None else [None] * len(ids)
         texts = [self.tokenizer.decode(row).strip() for row in ids]

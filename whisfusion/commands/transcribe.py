@@ -65,6 +65,12 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
         "with model.decoder.align_best_path)",
     )
     p.add_argument(
+        "--blank-penalty",
+        type=float,
+        help="taken off the alignment head's blank log-probability before it is read (fewer "
+        "dropped tokens; models with the alignment head)",
+    )
+    p.add_argument(
         "--language-vocab-min-count",
         type=int,
         metavar="N",
@@ -132,6 +138,7 @@ def decode_settings(model, args: argparse.Namespace, command: str):
             seed=args.seed,
             align_weight=args.align_weight,
             language_vocab_min_count=args.language_vocab_min_count,
+            blank_penalty=args.blank_penalty,
         )
         model.check_decode(decode)
         return decode

@@ -34,6 +34,10 @@ class DecodeConfig:
     # than this many times (counted by data preparation, carried in the checkpoint; see
     # whisfusion.language_vocab); 0 = any token of the shared vocabulary.
     language_vocab_min_count: int = 0
+    # Taken off the alignment head's blank log-probability before it is read, at decoding only
+    # (models with model.decoder.align_hidden > 0): a head trained on little data drops tokens
+    # it hears with moderate confidence, and this trades those deletions for insertions.
+    blank_penalty: float = 0.0
     # Seed of the sampling noise: the same inputs and seed give the same output.
     seed: int = 0
     # Utterances per decoding batch in transcribe / evaluate.
