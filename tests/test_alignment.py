@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from whisfusion.alignment import (
+    HeadReading,
     aligned_token_embedding,
     alignment_bias,
     best_path_token_start,
@@ -153,7 +154,7 @@ def test_decoding_reads_more_tokens_under_a_blank_penalty():
     with torch.no_grad():
         decoder.align.proj[-1].bias[decoder.align.blank] += 2.0  # a peaky head: blank wins
         heard = [
-            int(decoder.cross_cache(feats, valid, blank_penalty=p).token_start.sum())
+            int(decoder.cross_cache(feats, valid, HeadReading(blank_penalty=p)).token_start.sum())
             for p in (0.0, 2.0, 8.0)
         ]
         plain = decoder.cross_cache(feats, valid).ctc_log_probs

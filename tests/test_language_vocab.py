@@ -10,6 +10,7 @@ import pytest
 import torch
 from model_fixtures import LANGS, TEXTS, save_checkpoint, tiny_model
 
+from whisfusion.alignment import HeadReading
 from whisfusion.language_vocab import (
     BLOCKED,
     LanguageVocabulary,
@@ -86,7 +87,7 @@ def test_decoder_blocks_tokens_outside_the_utterances_language_on_every_candidat
     tokens = torch.full((2 * k, length), decoder.mask_id)
     with torch.no_grad():
         free = decoder(tokens, decoder.cross_cache(feats, valid))
-        cache = decoder.cross_cache(feats, valid, allowed)
+        cache = decoder.cross_cache(feats, valid, HeadReading(allowed=allowed))
         restricted = decoder(tokens, cache)
 
     assert (cache.ctc_log_probs[0, :, : allowed.shape[1]][:, ~allowed[0]].exp() == 0).all()

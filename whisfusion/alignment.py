@@ -14,11 +14,30 @@ prior to suit itself. All functions here are pure.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from whisfusion.language_vocab import restrict_log_probs
+
+
+@dataclass(frozen=True)
+class HeadReading:
+    """How decoding reads the alignment head; the defaults read it as training does.
+
+    allowed: (N, V) bool, the tokens each utterance may contain (its language's vocabulary,
+        see whisfusion.language_vocab), or None for every token; the decoder's logits follow
+        it too.
+    blank_penalty: taken off the blank's log-probability (`penalize_blank`).
+    """
+
+    allowed: torch.Tensor | None = None
+    blank_penalty: float = 0.0
+
+
+AS_TRAINED = HeadReading()
 
 
 class AlignmentHead(nn.Module):
@@ -41,22 +60,12 @@ class AlignmentHead(nn.Module):
         """features (N, S, E) -> log-probabilities (N, S, V + 1), float32."""
         return F.log_softmax(self.proj(features).float(), dim=-1)
 
-    def read(
-        self,
-        features: torch.Tensor,
-        allowed: torch.Tensor | None = None,
-        blank_penalty: float = 0.0,
-    ) -> torch.Tensor:
-        """The log-probabilities decoding reads (training passes neither option).
-
-        Args:
-            features: (N, S, E); allowed: (N, V) bool, each utterance's language vocabulary
-                (whisfusion.language_vocab), or None; blank_penalty: see `penalize_blank`.
-        Returns:
-            (N, S, V + 1) float32 log-probabilities.
-        """
-        log_probs = penalize_blank(self(features), blank_penalty, self.blank)
-        return log_probs if allowed is None else restrict_log_probs(log_probs, allowed)
+    def read(self, features: torch.Tensor, reading: HeadReading = AS_TRAINED) -> torch.Tensor:
+        """features (N, S, E) -> the (N, S, V + 1) float32 log-probabilities `reading` reads."""
+        log_probs = penalize_blank(self(features), reading.blank_penalty, self.blank)
+        if reading.allowed is None:
+            return log_probs
+        return restrict_log_probs(log_probs, reading.allowed)
 
 
 def penalize_blank(log_probs: torch.Tensor, penalty: float, blank: int) -> torch.Tensor:

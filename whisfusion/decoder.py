@@ -40,7 +40,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from whisfusion.alignment import (
+    AS_TRAINED,
     AlignmentHead,
+    HeadReading,
     aligned_token_embedding,
     alignment_bias,
     best_path_token_start,
@@ -252,26 +254,20 @@ class DiffusionDecoder(nn.Module):
         return self.vocab_size
 
     def cross_cache(
-        self,
-        features: torch.Tensor,
-        valid: torch.Tensor,
-        allowed: torch.Tensor | None = None,
-        blank_penalty: float = 0.0,
+        self, features: torch.Tensor, valid: torch.Tensor, reading: HeadReading = AS_TRAINED
     ) -> CrossCache:
         """Project encoder output once per utterance.
 
         Args:
             features: (N, S, E); valid: (N, S) bool.
-            allowed: (N, V) bool, the tokens each utterance may contain (its language's
-                vocabulary, see whisfusion.language_vocab), or None for every token.
-            blank_penalty: taken off the alignment head's blank log-probability at decoding
-                (`alignment.penalize_blank`).
+            reading: how decoding reads the alignment head, and the tokens each utterance may
+                contain (`alignment.HeadReading`); the default is training's.
         """
         log_probs = key_pos = memory = start = bias = None
-        if allowed is not None:
-            bias = blocked_bias(allowed)
+        if reading.allowed is not None:
+            bias = blocked_bias(reading.allowed)
         if self.align is not None:
-            log_probs = self.align.read(features, allowed, blank_penalty)
+            log_probs = self.align.read(features, reading)
             # detached: only the CTC loss trains the head (see whisfusion.alignment)
             heard = log_probs.detach()
             starts = best_path_token_start if self.cfg.align_best_path else new_token_probability

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from whisfusion.alignment import AlignmentHead, greedy_ctc
+from whisfusion.alignment import AS_TRAINED, AlignmentHead, HeadReading, greedy_ctc
 from whisfusion.canvas import canvas_length
 from whisfusion.config import (
     DecodeConfig,
@@ -122,15 +122,9 @@ class Whisfusion(nn.Module):
         return self.encoder.encode(audio, lengths)
 
     def cross_cache(
-        self,
-        features: torch.Tensor,
-        valid: torch.Tensor,
-        allowed: torch.Tensor | None = None,
-        blank_penalty: float = 0.0,
+        self, features: torch.Tensor, valid: torch.Tensor, reading: HeadReading = AS_TRAINED
     ) -> CrossCache:
-        return self.decoder.cross_cache(
-            features.to(self.decoder.head.weight.dtype), valid, allowed, blank_penalty
-        )
+        return self.decoder.cross_cache(features.to(self.decoder.head.weight.dtype), valid, reading)
 
     def allowed_tokens(
         self, languages: Sequence[str | None] | None, min_count: int
@@ -176,9 +170,11 @@ class Whisfusion(nn.Module):
         """
         decode = decode or self.cfg.decode
         self.check_decode(decode)
-        allowed = self.allowed_tokens(languages, decode.language_vocab_min_count)
+        reading = HeadReading(
+            self.allowed_tokens(languages, decode.language_vocab_min_count), decode.blank_penalty
+        )
         if decode.method == "ctc":
-            return self.read_ctc(features, valid, languages, allowed, decode.blank_penalty)
+            return self.read_ctc(features, valid, languages, reading)
         if generator is None:
             generator = torch.Generator().manual_seed(decode.seed)
         lengths = [canvas_length(float(d), self.cfg.model.canvas) for d in durations]
@@ -198,9 +194,7 @@ class Whisfusion(nn.Module):
 
         result = pdd_decode(
             denoise,
-            self.cross_cache(
-                features.to(self.device), valid.to(self.device), allowed, decode.blank_penalty
-            ),
+            self.cross_cache(features.to(self.device), valid.to(self.device), reading),
             canvas,
             canvas_valid,
             mask_id=self.tokenizer.mask_id,
@@ -250,22 +244,20 @@ class Whisfusion(nn.Module):
         features: torch.Tensor,
         valid: torch.Tensor,
         languages: Sequence[str | None] | None = None,
-        allowed: torch.Tensor | None = None,
-        blank_penalty: float = 0.0,
+        reading: HeadReading = AS_TRAINED,
     ) -> list[Transcript]:
         """Greedy CTC reading of the alignment head: one transcript per utterance.
 
         The head reads tokens only: an utterance's language is the given one, else None.
-        features: (N, T, E) encoder output; valid: (N, T) bool; allowed: (N, V) bool, the
-        tokens each utterance may contain (`allowed_tokens`), or None for every token;
-        blank_penalty: taken off the blank's log-probability (`alignment.penalize_blank`).
+        features: (N, T, E) encoder output; valid: (N, T) bool; reading: the tokens each
+        utterance may contain and the blank penalty (`alignment.HeadReading`).
 
         Raises:
             ValueError: the model has no alignment head.
         """
         head = self._alignment_head()
         features = features.to(self.device, self.decoder.head.weight.dtype)
-        log_probs = head.read(features, allowed, blank_penalty)
+        log_probs = head.read(features, reading)
         ids = greedy_ctc(log_probs, valid.to(self.device), head.blank)
         languages = languages if languages is not None else [None] * len(ids)
         texts = [self.tokenizer.decode(row).strip() for row in ids]
