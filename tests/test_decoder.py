@@ -2,15 +2,17 @@ import pytest
 import torch
 
 from whisfusion.config import DecoderConfig
-from whisfusion.decoder import DiffusionDecoder, apply_rope, rope_tables
+from whisfusion.decoder import DiffusionDecoder, apply_rope, rope_tables, stack_frames
 
 V, E = 50, 32
 
 
-@pytest.fixture
-def dec():
+@pytest.fixture(params=[1, 2], ids=["frames", "stacked-frames"])
+def dec(request):
+    # stacked: frames 14 and 15 of the second utterance (_inputs) share a frame, valid and not
     torch.manual_seed(0)
-    return DiffusionDecoder(DecoderConfig(layers=2, width=64, heads=4), V, E).eval()
+    cfg = DecoderConfig(layers=2, width=64, heads=4, frame_stack=request.param)
+    return DiffusionDecoder(cfg, V, E).eval()
 
 
 def _inputs(n=2, s=20, length=12):
@@ -63,6 +65,22 @@ def test_bidirectional_and_audio_conditioned(dec):
     # a change at the last position reaches the first one: attention is not causal
     assert not torch.allclose(dec(changed, cache)[:, 0], ref[:, 0])
     assert not torch.allclose(dec(tokens, dec.cross_cache(feats + 1, valid)), ref)
+
+
+def test_stack_frames_concatenates_neighbours_and_zeroes_padding():
+    feats = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3) + 1
+    valid = torch.tensor([[True] * 5, [True, True, True, False, False]])
+    stacked, stacked_valid = stack_frames(feats, valid, 2)
+    assert stacked.shape == (2, 3, 6)
+    assert torch.equal(stacked[0, 1], torch.cat([feats[0, 2], feats[0, 3]]))
+    # the odd last frame is padded with zeros; so is the second utterance's invalid frame 3
+    assert torch.equal(stacked[0, 2], torch.cat([feats[0, 4], torch.zeros(3)]))
+    assert torch.equal(stacked[1, 1], torch.cat([feats[1, 2], torch.zeros(3)]))
+    assert stacked_valid.tolist() == [[True, True, True], [True, True, False]]
+    same, same_valid = stack_frames(feats, valid, 1)
+    assert same is feats and same_valid is valid
+    with pytest.raises(ValueError, match="frame_stack must be >= 1"):
+        DiffusionDecoder(DecoderConfig(frame_stack=0), V, E)
 
 
 def test_rope_is_relative():

@@ -191,13 +191,17 @@ def test_bad_arguments_are_refused(model):
         model.check_decode(with_overrides(model.cfg.decode, blank_penalty=-1.0))
 
 
-def test_ctc_method_reads_the_alignment_head_greedily():
-    aligned = tiny_model(["model.decoder.align_hidden=16"])
+@pytest.mark.parametrize("frame_stack", [1, 2])
+def test_ctc_method_reads_the_alignment_head_greedily(frame_stack):
+    aligned = tiny_model(
+        ["model.decoder.align_hidden=16", f"model.decoder.frame_stack={frame_stack}"]
+    )
     audio = torch.zeros(2, 2 * SR)
     audio[0], audio[1, :SR] = noise(2.0, 5), noise(1.0, 6)
     features, valid = aligned.encode(audio, torch.tensor([2 * SR, SR]))
     cache = aligned.cross_cache(features, valid)
-    ids = greedy_ctc(cache.ctc_log_probs, valid, aligned.decoder.align.blank)
+    assert cache.key_valid.shape[1] == -(-valid.shape[1] // frame_stack)
+    ids = greedy_ctc(cache.ctc_log_probs, cache.key_valid, aligned.decoder.align.blank)
     expected = [aligned.tokenizer.decode(row).strip() for row in ids]
     assert any(expected)  # an untrained head still emits tokens: the comparison means something
     ctc = with_overrides(aligned.cfg.decode, method="ctc")

@@ -24,6 +24,11 @@ With `align_best_path`, the frames' canvas positions come from the head's best p
 numbers), and `align_logit_weight` > 0 adds the head's log-probabilities at each position to the
 logits (a product of experts): the decoder learns a correction to what the head reads.
 
+With `frame_stack` k > 1, each k adjacent encoder frames are concatenated into one frame
+(`stack_frames`) before the alignment head and cross-attention read them: Whisper's 20 ms frames
+are finer than any token, and the head's output layer over every frame is most of a small
+decoder's cost.
+
 Cross-attention keys/values depend on the audio only: `cross_cache` computes them once per
 utterance, and `forward` reuses them for any number of candidate rows. K candidate rows of one
 utterance are folded into the query length of a single attention call (queries never interact in
@@ -57,6 +62,29 @@ from whisfusion.language_vocab import blocked_bias
 # Kernel width (canvas positions) with which the head's log-probabilities reach the logits:
 # a neighbour gets exp(-8) of them, so each position reads its own token alone.
 FUSION_WIDTH = 0.25
+
+
+def stack_frames(
+    features: torch.Tensor, valid: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenate each k adjacent encoder frames into one.
+
+    Frames outside `valid` are zeroed first, so an utterance reads the same whether its padding
+    holds the encoder's output on silence or the feature cache's zeros, and whatever its batch.
+
+    Args:
+        features: (N, S, E); valid: (N, S) bool; k >= 1.
+    Returns:
+        (N, ceil(S / k), k * E) features and (N, ceil(S / k)) bool, True where any of the k
+        frames is valid.
+    """
+    if k == 1:
+        return features, valid
+    n, length, width = features.shape
+    pad = -length % k
+    kept = features * valid[..., None].to(features.dtype)
+    stacked = F.pad(kept, (0, 0, 0, pad)).reshape(n, (length + pad) // k, k * width)
+    return stacked, F.pad(valid, (0, pad)).reshape(n, -1, k).any(dim=-1)
 
 
 def rope_tables(
@@ -228,6 +256,8 @@ class DiffusionDecoder(nn.Module):
                 "model.decoder.align_logit_weight reads the head's tokens at whole canvas "
                 "positions: set align_best_path"
             )
+        if cfg.frame_stack < 1:
+            raise ValueError(f"model.decoder.frame_stack must be >= 1, got {cfg.frame_stack}")
         if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
             raise ValueError(
                 f"decoder width {cfg.width} must split into {cfg.heads} heads of even size"
@@ -235,6 +265,7 @@ class DiffusionDecoder(nn.Module):
         self.cfg, self.vocab_size = cfg, vocab_size
         self.embed = nn.Embedding(vocab_size + 1, cfg.width)  # last row: [MASK]
         self.pos_embed = nn.Embedding(max_len, cfg.width)
+        enc_width *= cfg.frame_stack  # the width of the frames it reads (`frames`)
         self.blocks = nn.ModuleList(DecoderBlock(cfg, enc_width) for _ in range(cfg.layers))
         self.norm_out = nn.RMSNorm(cfg.width, eps=1e-6)
         self.head = nn.Linear(cfg.width, vocab_size, bias=False)
@@ -253,16 +284,25 @@ class DiffusionDecoder(nn.Module):
     def mask_id(self) -> int:
         return self.vocab_size
 
+    def frames(
+        self, features: torch.Tensor, valid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frames the decoder reads: (N, S, E), (N, S) -> (N, S', k E), (N, S') with
+        k = `frame_stack` and S' = ceil(S / k) (`stack_frames`)."""
+        return stack_frames(features, valid, self.cfg.frame_stack)
+
     def cross_cache(
         self, features: torch.Tensor, valid: torch.Tensor, reading: HeadReading = AS_TRAINED
     ) -> CrossCache:
         """Project encoder output once per utterance.
 
         Args:
-            features: (N, S, E); valid: (N, S) bool.
+            features: (N, S, E) encoder output; valid: (N, S) bool. The cache holds the
+                decoder's S' = ceil(S / frame_stack) frames (`frames`).
             reading: how decoding reads the alignment head, and the tokens each utterance may
                 contain (`alignment.HeadReading`); the default is training's.
         """
+        features, valid = self.frames(features, valid)
         log_probs = key_pos = memory = start = bias = None
         if reading.allowed is not None:
             bias = blocked_bias(reading.allowed)
