@@ -26,7 +26,7 @@ logits (a product of experts): the decoder learns a correction to what the head 
 
 With `frame_stack` k > 1, each k adjacent encoder frames are concatenated into one frame
 (`stack_frames`) before the alignment head and cross-attention read them: Whisper's 20 ms frames
-are finer than any token, and the head's output layer over every frame is most of a small
+are several to a token, and the head's output layer over every frame is most of a small
 decoder's cost.
 
 Cross-attention keys/values depend on the audio only: `cross_cache` computes them once per
@@ -110,7 +110,9 @@ class CrossCache:
     """Per-layer cross-attention keys/values of N utterances.
 
     keys, values: one (N, H, S, Dh) tensor per layer.
-    key_valid: (N, S) bool, True on encoder frames that cover real audio.
+    S counts the frames the decoder reads (`DiffusionDecoder.frames`: encoder frames, stacked by
+    `frame_stack`).
+    key_valid: (N, S) bool, True on frames that cover real audio.
     key_pos: (N, S) expected canvas position of each frame (alignment prior), or None.
     ctc_log_probs: (N, S, V + 1) the alignment head's output (for its loss and the logit
         fusion), or None.
