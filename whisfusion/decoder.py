@@ -26,8 +26,8 @@ logits (a product of experts): the decoder learns a correction to what the head 
 
 With `frame_stack` k > 1, each k adjacent encoder frames are concatenated into one frame
 (`stack_frames`) before the alignment head and cross-attention read them: Whisper's 20 ms frames
-are several to a token, and the head's output layer over every frame is most of a small
-decoder's cost.
+are several to a token, and the work done per frame (the head's output layer above all) is most
+of a small decoder's training step.
 
 Cross-attention keys/values depend on the audio only: `cross_cache` computes them once per
 utterance, and `forward` reuses them for any number of candidate rows. K candidate rows of one
