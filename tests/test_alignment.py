@@ -159,7 +159,7 @@ def test_decoding_reads_more_tokens_under_a_blank_penalty():
         ]
         plain = decoder.cross_cache(feats, valid).ctc_log_probs
     assert heard[0] < heard[1] < heard[2]
-    assert torch.equal(decoder.align(feats), plain)  # training reads the head unchanged
+    assert torch.equal(decoder.align(feats, valid), plain)  # training reads the head unchanged
 
 
 def test_ctc_targets_drop_language_and_padding():
@@ -172,10 +172,15 @@ def test_ctc_targets_drop_language_and_padding():
 V, E = 40, 24
 
 
-def _decoder(align_hidden: int, token_memory: bool = False) -> DiffusionDecoder:
+def _decoder(align_hidden: int, token_memory: bool = False, context: int = 0) -> DiffusionDecoder:
     torch.manual_seed(0)
     cfg = DecoderConfig(
-        layers=2, width=32, heads=4, align_hidden=align_hidden, align_token_memory=token_memory
+        layers=2,
+        width=32,
+        heads=4,
+        align_hidden=align_hidden,
+        align_context=context,
+        align_token_memory=token_memory,
     )
     return DiffusionDecoder(cfg, V, E).eval()
 
@@ -208,8 +213,9 @@ def test_prior_reaches_the_logits_and_vanishes_at_zero_sharpness():
     )
 
 
-def test_prior_keeps_k_rows_exact_and_ignores_padding_frames():
-    dec = _decoder(16)
+@pytest.mark.parametrize("context", [0, 5])
+def test_prior_keeps_k_rows_exact_and_ignores_padding_frames(context):
+    dec = _decoder(16, context=context)
     feats, valid, tokens = _inputs()
     cache = dec.cross_cache(feats, valid)
     single = dec(tokens, cache)
@@ -219,6 +225,29 @@ def test_prior_keeps_k_rows_exact_and_ignores_padding_frames():
     noisy = feats.clone()
     noisy[1, 12:] = 1e3
     torch.testing.assert_close(dec(tokens, dec.cross_cache(noisy, valid)), single)
+
+
+@pytest.mark.parametrize("context", [0, 3, 5])
+def test_head_context_reaches_exactly_its_neighbours_and_never_the_padding(context):
+    head = _decoder(16, context=context).align
+    feats, valid, _ = _inputs()
+    ref = head(feats, valid)
+    moved = feats.clone()
+    moved[0, 8] += 1.0
+    changed = (head(moved, valid) - ref).abs().amax(dim=-1)[0] > 0  # (S,) frames of utterance 0
+    reach = context // 2
+    assert changed.nonzero().flatten().tolist() == list(range(8 - reach, 8 + reach + 1))
+    noisy = feats.clone()
+    noisy[1, 12:] = 1e3  # utterance 1's padding, right after its last valid frame (11)
+    torch.testing.assert_close(head(noisy, valid)[1, :12], ref[1, :12])
+
+
+def test_head_context_is_an_odd_width_and_needs_the_head():
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match="align_context must be 0 or an odd"):
+            _decoder(16, context=bad)
+    with pytest.raises(ValueError, match="align_context.*align_hidden"):
+        _decoder(0, context=3)
 
 
 def test_only_the_ctc_loss_trains_the_alignment_head():

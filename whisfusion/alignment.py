@@ -43,26 +43,48 @@ AS_TRAINED = HeadReading()
 class AlignmentHead(nn.Module):
     """Encoder frames -> CTC log-probabilities over the text tokens plus a blank.
 
-    The blank takes the index `vocab_size` (the [MASK] id, which is never a CTC label).
+    A two-layer MLP per frame; with `context` > 0, a residual depthwise convolution over that
+    many frames on its hidden layer lets each frame's label also see its neighbours (where a
+    token starts and ends, what the next syllable is) at little cost: one multiply per channel
+    and tap. The blank takes the index `vocab_size` (the [MASK] id, which is never a CTC label).
     """
 
-    def __init__(self, enc_width: int, hidden: int, vocab_size: int):
+    def __init__(self, enc_width: int, hidden: int, vocab_size: int, context: int = 0):
         super().__init__()
+        if context < 0 or (context and context % 2 == 0):
+            raise ValueError(
+                f"model.decoder.align_context must be 0 or an odd number of frames, got {context}"
+            )
         self.proj = nn.Sequential(
             nn.Linear(enc_width, hidden), nn.GELU(), nn.Linear(hidden, vocab_size + 1)
+        )
+        self.context = (
+            nn.Conv1d(hidden, hidden, context, padding=context // 2, groups=hidden)
+            if context
+            else None
         )
 
     @property
     def blank(self) -> int:
         return self.proj[-1].out_features - 1
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        """features (N, S, E) -> log-probabilities (N, S, V + 1), float32."""
-        return F.log_softmax(self.proj(features).float(), dim=-1)
+    def forward(self, features: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """features (N, S, E), valid (N, S) bool -> log-probabilities (N, S, V + 1), float32.
 
-    def read(self, features: torch.Tensor, reading: HeadReading = AS_TRAINED) -> torch.Tensor:
-        """features (N, S, E) -> the (N, S, V + 1) float32 log-probabilities `reading` reads."""
-        log_probs = penalize_blank(self(features), reading.blank_penalty, self.blank)
+        A valid frame's output does not depend on the invalid frames (batch padding)."""
+        hidden = self.proj[0](features)
+        if self.context is not None:
+            # zeroed first: a padding frame's hidden layer is the first layer's bias, not 0
+            near = (hidden * valid.unsqueeze(-1)).transpose(1, 2)
+            hidden = hidden + self.context(near).transpose(1, 2)
+        return F.log_softmax(self.proj[2](self.proj[1](hidden)).float(), dim=-1)
+
+    def read(
+        self, features: torch.Tensor, valid: torch.Tensor, reading: HeadReading = AS_TRAINED
+    ) -> torch.Tensor:
+        """features (N, S, E), valid (N, S) -> the (N, S, V + 1) float32 log-probabilities
+        `reading` reads."""
+        log_probs = penalize_blank(self(features, valid), reading.blank_penalty, self.blank)
         if reading.allowed is None:
             return log_probs
         return restrict_log_probs(log_probs, reading.allowed)

@@ -248,10 +248,11 @@ class DiffusionDecoder(nn.Module):
 
     def __init__(self, cfg: DecoderConfig, vocab_size: int, enc_width: int, max_len: int = 448):
         super().__init__()
-        for flag in ("align_token_memory", "align_token_input", "align_best_path"):
+        needs_head = ("align_context", "align_token_memory", "align_token_input", "align_best_path")
+        for flag in needs_head:
             if getattr(cfg, flag) and not cfg.align_hidden:
                 raise ValueError(
-                    f"model.decoder.{flag} reads the alignment head: set align_hidden > 0"
+                    f"model.decoder.{flag} needs the alignment head: set align_hidden > 0"
                 )
         if cfg.align_logit_weight and not cfg.align_best_path:
             raise ValueError(
@@ -274,7 +275,9 @@ class DiffusionDecoder(nn.Module):
         self.apply(self._init)
         # built after the init above: it keeps PyTorch's default init
         self.align = (
-            AlignmentHead(enc_width, cfg.align_hidden, vocab_size) if cfg.align_hidden else None
+            AlignmentHead(enc_width, cfg.align_hidden, vocab_size, cfg.align_context)
+            if cfg.align_hidden
+            else None
         )
 
     @staticmethod
@@ -309,7 +312,7 @@ class DiffusionDecoder(nn.Module):
         if reading.allowed is not None:
             bias = blocked_bias(reading.allowed)
         if self.align is not None:
-            log_probs = self.align.read(features, reading)
+            log_probs = self.align.read(features, valid, reading)
             # detached: only the CTC loss trains the head (see whisfusion.alignment)
             heard = log_probs.detach()
             starts = best_path_token_start if self.cfg.align_best_path else new_token_probability

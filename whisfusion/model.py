@@ -258,7 +258,7 @@ class Whisfusion(nn.Module):
         head = self._alignment_head()
         features = features.to(self.device, self.decoder.head.weight.dtype)
         features, valid = self.decoder.frames(features, valid.to(self.device))
-        ids = greedy_ctc(head.read(features, reading), valid, head.blank)
+        ids = greedy_ctc(head.read(features, valid, reading), valid, head.blank)
         languages = languages if languages is not None else [None] * len(ids)
         texts = [self.tokenizer.decode(row).strip() for row in ids]
         return [

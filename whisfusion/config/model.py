@@ -59,6 +59,9 @@ class DecoderConfig:
     # Hidden width of the CTC alignment head whose expected token positions bias cross-attention
     # (whisfusion.alignment); 0 = no head, the decoder learns alignment from data alone.
     align_hidden: int = 0
+    # Kernel width (frames, odd) of a residual depthwise convolution on the alignment head's
+    # hidden layer, so each frame's label also sees its neighbours; 0 = each frame alone.
+    align_context: int = 0
     # Weight of the alignment head's CTC loss (per target token) added to the diffusion loss.
     # The head has no other loss, and AdamW's steps do not depend on a gradient's scale, so the
     # weight acts only through gradient clipping (demo: 1.0 and 0.5 train alike).
