@@ -77,7 +77,7 @@ class DemoConfig:
     # Training utterances per language: more lower held-out CER at equal steps (the frozen
     # features of an utterance never change, so fewer passes over more utterances overfit
     # less; the alignment head's held-out CER is 21.6% at 600, 19.7% at 1200); each 100 more
-    # cost about 20 s of synthesis and encoding in `make train`, which takes about 17 minutes at
+    # cost about 20 s of synthesis and encoding in `make train`, which takes about 18 minutes at
     # 1200 (about 38 minutes of speech per language).
     train_per_lang: int = 1200
     # Validation utterances per language.
