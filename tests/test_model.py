@@ -113,9 +113,13 @@ def test_encoder_stays_frozen_and_out_of_checkpoint(tokenizer, tmp_path):
     assert ckpt["whisfusion"]["encoder"]["sha256"] == module.model.encoder.sha256
 
 
-@pytest.mark.parametrize("align_hidden", [0, 16])
-def test_checkpoint_round_trip_gives_identical_logits(tokenizer, tmp_path, align_hidden):
-    cfg = _cfg(**{"model.decoder.align_hidden": align_hidden})
+@pytest.mark.parametrize("align_hidden, align_context", [(0, 0), (16, 0), (16, 3)])
+def test_checkpoint_round_trip_gives_identical_logits(
+    tokenizer, tmp_path, align_hidden, align_context
+):
+    cfg = _cfg(
+        **{"model.decoder.align_hidden": align_hidden, "model.decoder.align_context": align_context}
+    )
     module = WhisfusionModule(Whisfusion.from_config(cfg, tokenizer))
     align = module.model.decoder.align
     head_before = {k: v.clone() for k, v in align.state_dict().items()} if align else {}

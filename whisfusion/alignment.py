@@ -55,6 +55,8 @@ class AlignmentHead(nn.Module):
             raise ValueError(
                 f"model.decoder.align_context must be 0 or an odd number of frames, got {context}"
             )
+        # one Sequential, as checkpoints name it (align.proj.0, align.proj.2); `forward` calls
+        # it in parts so that the context sits on the hidden layer
         self.proj = nn.Sequential(
             nn.Linear(enc_width, hidden), nn.GELU(), nn.Linear(hidden, vocab_size + 1)
         )
