@@ -43,18 +43,14 @@ AS_TRAINED = HeadReading()
 class AlignmentHead(nn.Module):
     """Encoder frames -> CTC log-probabilities over the text tokens plus a blank.
 
-    A two-layer MLP per frame; with `context` > 0, a residual depthwise convolution over that
-    many frames on its hidden layer lets each frame's label also see its neighbours (where a
-    token starts and ends, what the next syllable is) at little cost: one multiply per channel
-    and tap. The blank takes the index `vocab_size` (the [MASK] id, which is never a CTC label).
+    A two-layer MLP per frame; with `context` (odd) > 0, a residual depthwise convolution over
+    that many frames on its hidden layer lets each frame's label also read its neighbours, at
+    one multiply per channel and tap. The blank takes the index `vocab_size` (the [MASK] id,
+    which is never a CTC label).
     """
 
     def __init__(self, enc_width: int, hidden: int, vocab_size: int, context: int = 0):
         super().__init__()
-        if context < 0 or (context and context % 2 == 0):
-            raise ValueError(
-                f"model.decoder.align_context must be 0 or an odd number of frames, got {context}"
-            )
         # one Sequential, as checkpoints name it (align.proj.0, align.proj.2); `forward` calls
         # it in parts so that the context sits on the hidden layer
         self.proj = nn.Sequential(

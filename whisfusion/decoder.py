@@ -261,6 +261,11 @@ class DiffusionDecoder(nn.Module):
             )
         if cfg.frame_stack < 1:
             raise ValueError(f"model.decoder.frame_stack must be >= 1, got {cfg.frame_stack}")
+        if cfg.align_context < 0 or (cfg.align_context and cfg.align_context % 2 == 0):
+            raise ValueError(
+                "model.decoder.align_context must be 0 or an odd number of frames, "
+                f"got {cfg.align_context}"
+            )
         if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
             raise ValueError(
                 f"decoder width {cfg.width} must split into {cfg.heads} heads of even size"
