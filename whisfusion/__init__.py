@@ -2,8 +2,8 @@
 
 from whisfusion.audio import load_audio, log_mel_spectrogram
 from whisfusion.decoder import DiffusionDecoder
-from whisfusion.encoder import FrozenWhisperEncoder
 from whisfusion.denoiser import Denoiser
+from whisfusion.encoder import FrozenWhisperEncoder
 from whisfusion.model import Whisfusion
 from whisfusion.options import DecodeOptions
 from whisfusion.schedule import MaskSchedule

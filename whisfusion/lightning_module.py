@@ -9,9 +9,9 @@ import lightning as L
 import torch
 
 from whisfusion.callbacks.nonfinite import NonFiniteGuard, detached_zero_loss
+from whisfusion.checkpoint import CHECKPOINT_KEY, payload
 from whisfusion.config import RunConfig
 from whisfusion.data.feature_cache import FeatureCache
-from whisfusion.checkpoint import CHECKPOINT_KEY, payload
 from whisfusion.model import Whisfusion
 from whisfusion.optim import build_optimizer
 from whisfusion.schedule import MaskSchedule, diffusion_loss

@@ -53,11 +53,15 @@ class DecodeOptions:
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
     def __post_init__(self):
-        choices = {"method": DECODE_METHODS, "remasking": REMASKING, "select": METHODS}
-        for key, allowed in choices.items():
+        choices = {
+            "method": ("decode method", DECODE_METHODS),
+            "remasking": ("remasking", REMASKING),
+            "select": ("selection method", METHODS),
+        }
+        for key, (name, allowed) in choices.items():
             if getattr(self, key) not in allowed:
                 raise ValueError(
-                    f"decode {key} must be one of {', '.join(allowed)}; got '{getattr(self, key)}'"
+                    f"{name} must be one of {', '.join(allowed)}; got '{getattr(self, key)}'"
                 )
         for key in ("steps", "candidates", "batch_size"):
             if getattr(self, key) < 1:

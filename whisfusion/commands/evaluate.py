@@ -39,10 +39,10 @@ from braceexpand import braceexpand
 
 from whisfusion.audio import load_audio
 from whisfusion.commands.transcribe import add_decode_options, decode_settings, load_model
-from whisfusion.options import DecodeOptions
 from whisfusion.data.manifest import read_manifest
 from whisfusion.data.shards import AUDIO_KEY, META_KEY, decode_sample, iter_shard, read_index
 from whisfusion.data.stats import BadSample
+from whisfusion.options import DecodeOptions
 from whisfusion.scoring import Report, cer_line, score_in_both_units
 from whisfusion.scoring.normalizers import base_language
 from whisfusion.transcribe import (
