@@ -1,7 +1,6 @@
 import dataclasses
 import itertools
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from whisfusion.alignment import (
 )
 from whisfusion.config import DecoderConfig
 from whisfusion.decoder import DiffusionDecoder
-from whisfusion.decoders import build_decoder
+from whisfusion.decoders import diffusion_decoder
 from whisfusion.prior import HeadReading
 
 BLANK = 3  # labels 0, 1, 2 and the blank
@@ -180,7 +179,7 @@ V, E = 40, 24
 
 def _build(cfg: DecoderConfig) -> DiffusionDecoder:
     """The diffusion decoder of `cfg` (with its alignment prior) over V tokens, E-wide frames."""
-    return build_decoder(cfg, SimpleNamespace(vocab_size=V), SimpleNamespace(width=E))
+    return diffusion_decoder(cfg, V, E)
 
 
 def _decoder(align_hidden: int, token_memory: bool = False, context: int = 0) -> DiffusionDecoder:

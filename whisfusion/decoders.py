@@ -25,11 +25,7 @@ def build_decoder(
         ValueError: an unknown kind, or settings that do not fit it.
     """
     if cfg.kind == "diffusion":
-        check_alignment_config(cfg)
-        prior = None
-        if cfg.align_hidden:
-            prior = AlignmentPrior(cfg, tokenizer.vocab_size, encoder.width * cfg.frame_stack)
-        return DiffusionDecoder(cfg, tokenizer.vocab_size, encoder.width, max_len, prior)
+        return diffusion_decoder(cfg, tokenizer.vocab_size, encoder.width, max_len)
     if cfg.kind == "whisper":
         raise ValueError(
             "model.decoder.kind 'whisper' (a decoder started from Whisper's own) is not "
@@ -38,3 +34,15 @@ def build_decoder(
     raise ValueError(
         f"model.decoder.kind must be one of {', '.join(DECODER_KINDS)}; got '{cfg.kind}'"
     )
+
+
+def diffusion_decoder(
+    cfg: DecoderConfig, vocab_size: int, enc_width: int, max_len: int = 448
+) -> DiffusionDecoder:
+    """The paper's decoder over `vocab_size` tokens and `enc_width`-wide encoder frames, with
+    the CTC alignment prior when `cfg.align_hidden` > 0."""
+    check_alignment_config(cfg)
+    prior = None
+    if cfg.align_hidden:
+        prior = AlignmentPrior(cfg, vocab_size, enc_width * cfg.frame_stack)
+    return DiffusionDecoder(cfg, vocab_size, enc_width, max_len, prior)
