@@ -25,20 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from whisfusion.alignment import (
-    AlignmentHead,
-    aligned_token_embedding,
-    alignment_bias,
-    best_path_token_start,
-    ctc_loss,
-    ctc_targets,
-    expected_embedding,
-    expected_positions,
-    greedy_ctc,
-    new_token_probability,
-    penalize_blank,
-    squared_distance,
-)
+from whisfusion import alignment
+from whisfusion.alignment import AlignmentHead
 from whisfusion.canvas import add_per_utterance
 from whisfusion.config import DecoderConfig
 from whisfusion.language_vocab import restrict_log_probs
@@ -150,7 +138,9 @@ class AlignmentPrior(nn.Module):
     ) -> torch.Tensor:
         """frames (N, S, E'), valid (N, S) -> the (N, S, V + 1) float32 CTC log-probabilities
         `reading` reads (blank penalty, allowed tokens)."""
-        log_probs = penalize_blank(self.head(frames, valid), reading.blank_penalty, self.blank)
+        log_probs = alignment.penalize_blank(
+            self.head(frames, valid), reading.blank_penalty, self.blank
+        )
         if reading.allowed is None:
             return log_probs
         return restrict_log_probs(log_probs, reading.allowed)
@@ -159,7 +149,7 @@ class AlignmentPrior(nn.Module):
         self, frames: torch.Tensor, valid: torch.Tensor, reading: HeadReading = AS_TRAINED
     ) -> list[list[int]]:
         """Best-path CTC reading of the head: per utterance its token ids."""
-        return greedy_ctc(self.log_probs(frames, valid, reading), valid, self.blank)
+        return alignment.greedy_ctc(self.log_probs(frames, valid, reading), valid, self.blank)
 
     def read(
         self,
@@ -172,14 +162,20 @@ class AlignmentPrior(nn.Module):
         reading = reading or AS_TRAINED
         log_probs = self.log_probs(frames, valid, reading)
         heard = log_probs.detach()
-        starts = best_path_token_start if self.cfg.align_best_path else new_token_probability
+        starts = (
+            alignment.best_path_token_start
+            if self.cfg.align_best_path
+            else alignment.new_token_probability
+        )
         start = starts(heard, valid, self.blank)
         memory = None
         if self.cfg.align_token_memory or self.cfg.align_token_input:
-            memory = expected_embedding(heard, embed)
+            memory = alignment.expected_embedding(heard, embed)
         weight = reading.logit_weight
         weight = self.cfg.align_logit_weight if weight is None else weight
-        return PriorState(log_probs, valid, start, expected_positions(start), memory, weight)
+        return PriorState(
+            log_probs, valid, start, alignment.expected_positions(start), memory, weight
+        )
 
     def key_values(self, kv: list[torch.Tensor], state: PriorState) -> list[torch.Tensor]:
         """Per layer (N, S, 2D): plus the token memory's projection (`align_token_memory`)."""
@@ -192,7 +188,7 @@ class AlignmentPrior(nn.Module):
         (`align_token_input`)."""
         if not self.cfg.align_token_input:
             return x
-        heard = aligned_token_embedding(
+        heard = alignment.aligned_token_embedding(
             state.token_start, state.key_pos, state.token_memory, x.shape[1]
         )
         return add_per_utterance(x, heard)
@@ -203,9 +199,11 @@ class AlignmentPrior(nn.Module):
         """Per layer (N, H, K*L, S) float: -sharpness_h (i - key_pos_j)^2, -inf on padding."""
         # query row k*L + i sits at canvas position i
         query_pos = torch.arange(length, device=key_mask.device).repeat(rows // key_mask.shape[0])
-        sq_distance = squared_distance(query_pos, state.key_pos)
+        sq_distance = alignment.squared_distance(query_pos, state.key_pos)
         return [
-            alignment_bias(sq_distance, F.softplus(sharp)).masked_fill(~key_mask, float("-inf"))
+            alignment.alignment_bias(sq_distance, F.softplus(sharp)).masked_fill(
+                ~key_mask, float("-inf")
+            )
             for sharp in self.sharpness
         ]
 
@@ -215,7 +213,7 @@ class AlignmentPrior(nn.Module):
         if not state.logit_weight:
             return logits
         vocab = logits.shape[-1]
-        heard = aligned_token_embedding(
+        heard = alignment.aligned_token_embedding(
             state.token_start,
             state.key_pos,
             state.log_probs.detach()[..., :vocab],
@@ -229,6 +227,6 @@ class AlignmentPrior(nn.Module):
     ) -> dict[str, tuple[torch.Tensor, float]]:
         """The head's CTC loss on target canvases tokens (B, L), canvas_valid (B, L), with its
         weight in the training loss (`align_ctc_weight`)."""
-        targets = ctc_targets(tokens, canvas_valid, eos_id)
-        loss = ctc_loss(state.log_probs, state.valid, targets, self.blank)
+        targets = alignment.ctc_targets(tokens, canvas_valid, eos_id)
+        loss = alignment.ctc_loss(state.log_probs, state.valid, targets, self.blank)
         return {"ctc_loss": (loss, self.cfg.align_ctc_weight)}
