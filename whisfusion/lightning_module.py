@@ -95,9 +95,8 @@ class WhisfusionModule(L.LightningModule):
         logits = self.model.decoder(corr.x_t, cache, canvas_valid)
         parts = {"diffusion_loss": diffusion_loss(logits, tokens, corr.weights)}
         loss = parts["diffusion_loss"]
-        for name, (value, weight) in self.model.auxiliary_losses(
-            cache, tokens, canvas_valid
-        ).items():
+        auxiliary = self.model.auxiliary_losses(cache, tokens, canvas_valid)
+        for name, (value, weight) in auxiliary.items():
             parts[name] = value
             loss = loss + weight * value
         return loss, parts, corr
