@@ -34,6 +34,9 @@ in every row). temperature = 0 makes every row greedy: with low_confidence the K
 then identical; with random they still differ through their own re-mask draws (v1's only source
 of diversity).
 
+Logit filters (`LogitFilter`, e.g. the per-language vocabulary of whisfusion.language_vocab)
+change every step's logits before any token is chosen or scored.
+
 Early exit: the loop stops before T steps once no further step can change the canvas:
 low_confidence when no position is masked (committed tokens stay); random when the canvas holds
 no [MASK] and the last step reproduced the canvas of the step before (a fixed point).
