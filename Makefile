@@ -34,7 +34,7 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 
 # Debian packages of the demo corpus: speech synthesizers (training, validation and test audio)
 # and the human-speech evaluation set (Italian and Russian telephone prompts, one speaker each).
-TTS_PACKAGES := espeak-ng \
+TTS_PACKAGES := espeak-ng flite festival festvox-italp16k festvox-itapc16k festvox-ru \
   asterisk-core-sounds-it asterisk-core-sounds-it-wav asterisk-core-sounds-ru asterisk-core-sounds-ru-wav
 
 tts:

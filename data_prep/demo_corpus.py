@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data_prep.demo_text import Sentence, lexicon, make_sentence
-from data_prep.demo_voices import ESPEAK_VOICES, draw_voice, espeak_version, synthesize
+from data_prep.demo_voices import BATCH, ESPEAK_VOICES, draw_voice, engine_versions, synthesize
 from data_prep.parallel import parallel_map
 from whisfusion.config import TokenizerConfig
 from whisfusion.data.shards import write_json_atomic
@@ -69,7 +69,7 @@ class DemoConfig:
             **asdict(self),
             "jobs": None,
             "version": GENERATOR_VERSION,
-            "espeak": espeak_version(),
+            "engines": engine_versions(),
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -190,8 +190,10 @@ def build_demo_corpus(out: Path, cfg: DemoConfig) -> Path:
         (out / "audio" / lang).mkdir(parents=True)
     planned = plan_utterances(cfg)
     jobs = [(spoken, voice, str(out / row["audio"])) for _, row, (spoken, voice) in planned]
+    # consecutive utterances (mostly one language and split): few festival voices per batch
+    batches = [jobs[i : i + BATCH] for i in range(0, len(jobs), BATCH)]
     start = time.perf_counter()
-    durations = list(parallel_map(synthesize, jobs, cfg.jobs))
+    durations = [d for batch in parallel_map(synthesize, batches, cfg.jobs) for d in batch]
     seconds = time.perf_counter() - start
     rows: dict[str, list[dict]] = {split: [] for split in CORPUS_SPLITS}
     for (split, row, _), duration in zip(planned, durations, strict=True):

@@ -23,6 +23,8 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+# Languages whose words must be written in Latin-1 (the festival Italian voices read Latin-1).
+LATIN_1 = {"it"}
 # Languages written without spaces between words.
 NO_SPACES = {"zh", "ja"}
 # Words of this frequency rank and below are never held out: function words belong to every
@@ -93,6 +95,8 @@ def _script(lang: str):
     if lang == "ko":
         return _is_hangul
     name = "CYRILLIC" if lang == "ru" else "LATIN"
+    if lang in LATIN_1:
+        return lambda c: unicodedata.name(c, "").startswith(f"{name} ") and ord(c) < 256
     return lambda c: unicodedata.name(c, "").startswith(f"{name} ")
 
 

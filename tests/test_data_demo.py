@@ -17,11 +17,14 @@ import soundfile as sf
 from data_prep.adapters import asterisk
 from data_prep.demo_corpus import DemoConfig, build_demo_corpus, corpus_report, plan_utterances
 from data_prep.demo_text import lexicon, make_sentence
-from data_prep.demo_voices import ESPEAK_VOICES
+from data_prep.demo_voices import ESPEAK_VOICES, Voice, synthesize
 from data_prep.prepare import prepare_demo
 from whisfusion.data.shards import iter_shard
 
-needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+needs_tts = pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("espeak-ng", "flite", "festival")),
+    reason="needs espeak-ng, flite and festival (make tts)",
+)
 
 SCRIPTS = {
     "zh": r"[\u4e00-\u9fff0-9，]+[。？！]",
@@ -65,7 +68,7 @@ def test_thousands_of_words_with_held_out_words_apart():
     assert lex == lexicon("de", 8000, 0) and lex != lexicon("de", 8000, 1)
 
 
-def plan(train: int, languages=("en", "ko", "zh")) -> dict[str, list]:
+def plan(train: int, languages=("en", "ko", "zh", "ru")) -> dict[str, list]:
     cfg = DemoConfig(languages=list(languages), train_per_lang=train, valid_per_lang=10)
     cfg.test_per_lang = 12
     out: dict[str, list] = {"train": [], "valid": [], "test": []}
@@ -78,20 +81,22 @@ def test_held_out_splits_have_unseen_words_and_voices_and_a_fixed_size():
     small, large = plan(20), plan(60)
     for split in ("valid", "test"):
         assert small[split] == large[split]  # same sentences and voices
-    for lang in ("en", "ko", "zh"):
+    for lang in ("en", "ko", "zh", "ru"):
         few = [u for u in small["train"] if u[0]["lang"] == lang]
         many = [u for u in large["train"] if u[0]["lang"] == lang]
         assert len(few) == 20 and many[:20] == few
     rows = {split: [{**row, "duration": 1.0} for row, _ in items] for split, items in large.items()}
     report = corpus_report(rows)
     for split in ("valid", "test"):
-        for lang in ("en", "ko", "zh"):
+        for lang in ("en", "ko", "zh", "ru"):
             assert report[split][lang]["utterances"] == (10 if split == "valid" else 12)
             assert report[split][lang]["oov_rate"] > 0.0
             assert report[split][lang]["voices_in_train"] == 0
     train_voices = {row["speaker"] for row, _ in large["train"]}
     held_voices = {row["speaker"] for split in ("valid", "test") for row, _ in large[split]}
     assert held_voices and not held_voices & train_voices
+    engines = {split: {row["speaker"].split(":")[0] for row, _ in large[split]} for split in large}
+    assert "flite" in engines["train"] and "festival" in engines["test"] | engines["valid"]
     texts = {split: {row["text"] for row, _ in large[split]} for split in large}
     assert not texts["train"] & (texts["valid"] | texts["test"])
     assert report["test"]["zh"]["unit"] == "char" and report["test"]["en"]["unit"] == "word"
@@ -112,7 +117,7 @@ def read_rows(root, split):
     return [json.loads(line) for line in (root / f"{split}.jsonl").read_text().splitlines()]
 
 
-@needs_espeak
+@needs_tts
 def test_tiny_corpus_is_audible_16k_and_splits_are_disjoint(tmp_path):
     cfg = DemoConfig(languages=["zh", "ja"], train_per_lang=3, valid_per_lang=2, seed=5, jobs=1)
     cfg.test_per_lang = 2
@@ -138,6 +143,23 @@ def test_tiny_corpus_is_audible_16k_and_splits_are_disjoint(tmp_path):
     assert (root / ".done.json").stat().st_mtime_ns == stamp  # cached
     build_demo_corpus(tmp_path / "demo", DemoConfig(**{**cfg.__dict__, "seed": 6}))
     assert read_rows(root, "train") != rows["train"]  # other settings: rebuilt
+
+
+@needs_tts
+def test_every_engine_speaks_audible_16k_audio(tmp_path):
+    batch = [
+        ("Hello, this is 25 words.", Voice("espeak", "en-us+m3", 160, 50), "a.flac"),
+        ("Hello, this is 25 words.", Voice("flite", "slt", 140, 50), "b.flac"),
+        ("Perché oggi è così bello?", Voice("festival", "pc_diphone", 190, 50), "c.flac"),
+        ("Сегодня хороший день.", Voice("festival", "msu_ru_nsh_clunits", 160, 50), "d.flac"),
+    ]
+    batch = [(text, voice, str(tmp_path / name)) for text, voice, name in batch]
+    durations = synthesize(batch)
+    for (_, _, path), duration in zip(batch, durations, strict=True):
+        wave, rate = sf.read(path, dtype="float32")
+        assert rate == 16000 and wave.size / rate == pytest.approx(duration, abs=1e-3)
+        assert 0.7 < duration < 5.0 and float(np.sqrt(np.mean(wave**2))) > 0.01
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.flac", "b.flac", "c.flac", "d.flac"]
 
 
 ASTERISK_TXT = """\ufeff; Core Asterisk Sounds in Italian
@@ -205,7 +227,7 @@ def shard_ids(out: Path, split: str) -> set[str]:
     }
 
 
-@needs_espeak
+@needs_tts
 def test_prepare_demo_runs_every_stage_once_and_keeps_human_speech_out_of_training(tmp_path):
     human = fake_asterisk(tmp_path / "root", "it")
     out = prepare_demo(
@@ -233,7 +255,7 @@ def test_prepare_demo_runs_every_stage_once_and_keeps_human_speech_out_of_traini
     assert done == {p.name: p.stat().st_mtime_ns for p in (out / ".done").iterdir()}
 
 
-@needs_espeak
+@needs_tts
 def test_prepare_demo_without_the_asterisk_packages_has_no_human_split(tmp_path, caplog):
     out = prepare_demo(
         tmp_path / "data", ["en", "it"], 3, 2, 300, 0, test_per_lang=2, jobs=1, human_root=tmp_path
