@@ -47,8 +47,10 @@ HELD_OUT_SPLITS = ("valid", "test")
 class DemoConfig:
     # Languages (keys of data_prep.demo_voices.ESPEAK_VOICES).
     languages: list[str] = field(default_factory=lambda: list(TokenizerConfig().languages))
-    # Training utterances per language (about 35 minutes of speech per language at 1200).
-    train_per_lang: int = 1200
+    # Training utterances per language (about 38 minutes of speech per language; with the
+    # held-out sets as many hours of speech as the former 50-word corpus of 1200 shorter
+    # sentences per language, so synthesis and training steps cost the same).
+    train_per_lang: int = 1000
     # Validation (development) utterances per language: held-out words and voices.
     valid_per_lang: int = 40
     # Test utterances per language: held-out words (others than validation's) and voices.
@@ -56,8 +58,9 @@ class DemoConfig:
     # Sentences draw from this many most frequent words per language (a tenth of those beyond
     # the 300 most frequent are held out of training).
     vocabulary: int = 8000
-    # Fewest and most words per sentence (numbers included): about 2-8 s of speech.
-    words_per_sentence: list[int] = field(default_factory=lambda: [3, 10])
+    # Fewest and most words per sentence (plus an optional number): about 1-5 s of speech,
+    # 2.2 s on average.
+    words_per_sentence: list[int] = field(default_factory=lambda: [2, 7])
     # Seed of the words held out, sentences, voices, rates and pitches.
     seed: int = 0
     # Synthesis processes.

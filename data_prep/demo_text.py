@@ -43,11 +43,11 @@ EXCLAMATION_SHARE = 0.05
 RANK_OFFSET = 20
 RANK_POWER = 1.0
 # Share of held-out sentences given one held-out word.
-HELD_OUT_WORD_SHARE = 0.5
+HELD_OUT_WORD_SHARE = 0.4
 # Held-out sentences draw their other words from this many most frequent training words: each
 # of them occurs in training several times, so a held-out sentence's unknown words are mostly
 # the held-out ones, whatever the size of the training set.
-HELD_OUT_CONTEXT = 1500
+HELD_OUT_CONTEXT = 1000
 # Fewest usable words a language's list may hold.
 MIN_WORDS = 1000
 

@@ -48,7 +48,8 @@ def test_sentences_are_real_words_in_the_script_of_the_language(lang):
         elif lang == "ja":  # spoken as hiragana
             assert re.fullmatch(r"[\u3041-\u30ff ,]+[.?!]", s.spoken), s.spoken
         else:
-            assert s.spoken == s.text and 3 <= len(s.text.split()) <= 11
+            low, high = cfg.words_per_sentence
+            assert s.spoken == s.text and low <= len(s.text.split()) <= high + 1  # + a number
         assert set(s.words) <= set(lex.train)
 
 
