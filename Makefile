@@ -20,7 +20,7 @@ NODES ?= 1
 GPUS ?= 8
 SLURM_ARGS ?=
 
-.PHONY: setup tts espeak test quicktest train data slurm lint tensorboard bench clean-venv
+.PHONY: setup tts espeak test quicktest train data baseline slurm lint tensorboard bench clean-venv
 
 setup: $(STAMP)
 
@@ -73,6 +73,12 @@ lint: setup
 
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --bind_all
+
+# Whisper-base's own autoregressive decoding (faster-whisper, CPU) of a split of DATA, scored as
+# `whisfusion evaluate` scores a checkpoint, e.g. `make baseline SPLIT=test`.
+SPLIT ?= human
+baseline: setup
+	$(VENV)/bin/whisfusion baseline --data $(DATA) --split $(SPLIT) --output-dir $(LOGDIR)/baseline-$(SPLIT)
 
 # Decoding-speed benchmark, CPU profile (minutes): writes bench/out/, updates bench/RESULTS.md.
 bench: setup tts

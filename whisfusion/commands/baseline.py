@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from whisfusion.commands.evaluate import EvalItem, _jsonl, read_eval_set
+from whisfusion.commands.evaluate import EvalItem, _jsonl, add_data_options, read_eval_set
 from whisfusion.data.audio_io import SAMPLE_RATE
 from whisfusion.encoder.loaders import CT2_WEIGHTS
 from whisfusion.scoring import cer_line, score_in_both_units
@@ -43,14 +44,7 @@ def add_parser(sub) -> None:
         "--output-dir runs/baseline-human",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--data",
-        required=True,
-        nargs="+",
-        metavar="SHARDS_OR_MANIFEST",
-        help="index directory, shard pattern or JSONL manifest (several allowed)",
-    )
-    p.add_argument("--split", default="valid", help="split of an index directory (default valid)")
+    add_data_options(p)
     p.add_argument(
         "--model",
         type=Path,
@@ -92,7 +86,7 @@ def transcribe_items(
     as all deletions, as `whisfusion evaluate` does)."""
     hyps: list[dict[str, Any]] = []
     audio_s, wall = 0.0, 0.0
-    for item in items:
+    for item in tqdm(items, desc="whisper", unit="utt", disable=not sys.stderr.isatty()):
         try:
             audio = item.source.load().numpy().astype(np.float32)
         except Exception as err:  # a bad file must not end the whole evaluation
