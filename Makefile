@@ -20,7 +20,7 @@ NODES ?= 1
 GPUS ?= 8
 SLURM_ARGS ?=
 
-.PHONY: setup espeak test quicktest train data slurm lint tensorboard bench clean-venv
+.PHONY: setup tts espeak test quicktest train data baseline slurm lint tensorboard bench clean-venv
 
 setup: $(STAMP)
 
@@ -32,24 +32,35 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-espeak:
-	@command -v espeak-ng >/dev/null || { \
-	  echo "installing espeak-ng (demo corpus and test audio)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng >/dev/null; }
+# Debian packages of the demo corpus: speech synthesizers (training, validation and test audio)
+# and the human-speech evaluation set (Italian and Russian telephone prompts, one speaker each).
+TTS_PACKAGES := espeak-ng flite festival festvox-italp16k festvox-itapc16k festvox-ru \
+  asterisk-core-sounds-it asterisk-core-sounds-it-wav asterisk-core-sounds-ru asterisk-core-sounds-ru-wav
 
-test: setup espeak
+tts:
+	@missing=$$(for p in $(TTS_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing" $$missing "(demo corpus, human-speech evaluation set, test audio)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The former name of `tts`.
+espeak: tts
+
+test: setup tts
 	$(PY) -m pytest
 
 quicktest: setup
 	$(PY) -m pytest -m "not slow"
 
-train: setup espeak
+train: setup tts
 ifeq ($(DATA),$(DEMO_DATA))
 	$(PY) -m data_prep.prepare demo --out $(DATA) --config $(CONFIG)
 endif
 	$(VENV)/bin/whisfusion train --config $(CONFIG) data.root=$(DATA) $(ARGS)
 
-data: setup espeak
+data: setup tts
 	$(PY) -m data_prep.prepare $(CORPUS) --out $(DATA) --config $(CONFIG) $(if $(CORPUS_DIR),--corpus-dir $(CORPUS_DIR))
 
 slurm: setup
@@ -63,8 +74,14 @@ lint: setup
 tensorboard: setup
 	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --bind_all
 
+# Whisper-base's own autoregressive decoding (faster-whisper, CPU) of a split of DATA, scored as
+# `whisfusion evaluate` scores a checkpoint, e.g. `make baseline SPLIT=test`.
+SPLIT ?= human
+baseline: setup
+	$(VENV)/bin/whisfusion baseline --data $(DATA) --split $(SPLIT) --output-dir $(LOGDIR)/baseline-$(SPLIT)
+
 # Decoding-speed benchmark, CPU profile (minutes): writes bench/out/, updates bench/RESULTS.md.
-bench: setup espeak
+bench: setup tts
 	$(PY) -m bench.decoding
 
 clean-venv:

@@ -20,11 +20,18 @@ Expected layouts (ROOT is what the command line names):
                  "speaker"; relative audio paths are relative to ROOT
     tsv          ROOT/<split>.tsv with a header naming audio, text, lang + optional id,
                  duration, speaker columns
+    asterisk     the Debian packages asterisk-core-sounds-<lang> (+ -wav, -gsm or -g722):
+                 ROOT/usr/share/doc/asterisk-core-sounds-<lang>/core-sounds-<lang>.txt[.gz]
+                 (lines `<name>: <text>`) + ROOT/usr/share/asterisk/sounds/<lang>/<name>.wav
+                 (ROOT is `/` for the installed packages; the split is the language, it or ru;
+                 one speaker per language; prompts whose transcript describes a sound, is
+                 annotated or lost characters are skipped, see ASTERISK_UNCLEAN)
 """
 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import re
 import sys
@@ -239,6 +246,58 @@ def tsv(root: Path, split: str) -> Iterator[Record]:
         yield _generic(row, root, f"{path}:{lineno}")
 
 
+# Asterisk prompt transcripts that do not say what the recording says: sounds and annotations
+# in brackets, notes in parentheses, and a `?` inside the text (a character the file lost,
+# e.g. Italian "sar? esattamente" for "sarà esattamente"; a real question mark ends the text).
+ASTERISK_UNCLEAN = re.compile(r"[\[\]<>()]|\?(?=.*\w)")
+# Audio formats of the asterisk-core-sounds packages that soundfile reads, preferred first.
+ASTERISK_FORMATS = ("wav", "gsm")
+
+
+def asterisk_transcripts(root: Path, lang: str) -> Path:
+    """The transcript file of package asterisk-core-sounds-<lang> under ROOT.
+
+    Raises:
+        CorpusError: the package's transcript file is not there.
+    """
+    doc = root / "usr/share/doc" / f"asterisk-core-sounds-{lang}"
+    for name in (f"core-sounds-{lang}.txt", f"core-sounds-{lang}.txt.gz"):
+        if (doc / name).is_file():
+            return doc / name
+    raise CorpusError(
+        f"{doc}: no core-sounds-{lang}.txt[.gz] (apt-get install asterisk-core-sounds-{lang})"
+    )
+
+
+def asterisk(root: Path, lang: str) -> Iterator[Record]:
+    trans = asterisk_transcripts(root, lang)
+    sounds = root / "usr/share/asterisk/sounds" / lang
+    opener = gzip.open if trans.suffix == ".gz" else open
+    with opener(trans, "rt", encoding="utf-8-sig") as f:
+        lines = f.read().splitlines()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip() or line.startswith(";"):
+            continue
+        where = f"{trans}:{lineno}"
+        name, sep, text = line.partition(":")
+        if not sep or not name.strip():
+            yield {"where": where, "error": "expected '<name>: <text>'"}
+            continue
+        text = text.strip()
+        found = [sounds / f"{name.strip()}.{ext}" for ext in ASTERISK_FORMATS]
+        audio = next((p for p in found if p.is_file()), None)
+        if ASTERISK_UNCLEAN.search(text) or audio is None:
+            continue  # no clean reference, or a prompt this package version does not ship
+        yield {
+            "id": f"asterisk-{lang}-{safe_id(name.strip())}",
+            "audio": str(audio),
+            "text": text,
+            "lang": lang,
+            "speaker": f"asterisk-{lang}",
+            "where": where,
+        }
+
+
 ADAPTERS: dict[str, Callable[[Path, str], Iterator[Record]]] = {
     "librispeech": librispeech,
     "mls": mls,
@@ -246,6 +305,7 @@ ADAPTERS: dict[str, Callable[[Path, str], Iterator[Record]]] = {
     "fleurs": fleurs,
     "jsonl": jsonl,
     "tsv": tsv,
+    "asterisk": asterisk,
 }
 
 

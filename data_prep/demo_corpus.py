@@ -1,278 +1,181 @@
-"""A small multilingual speech corpus synthesized locally with espeak-ng.
+"""A small multilingual speech corpus synthesized locally: open vocabulary, held-out voices.
 
-Sentences of 3-8 real words drawn from each language's frequency list (`wordfreq`), sometimes
-with a number written out (`num2words`), spoken by several espeak-ng voice variants at several
-rates and pitches, resampled to 16 kHz mono. Validation sentences never occur in training.
-
-Scripts espeak-ng cannot read directly:
-    zh  transcripts in hanzi; spoken from pinyin with tone numbers (`pypinyin`, phrase-aware)
-        through the `cmn-latn-pinyin` voice. Numbers 1-99 come from num2words' Japanese
-        converter: below 100, kanji numerals are written the same in Chinese.
-    ja  espeak-ng reads kana, not kanji: words of the frequency list are converted to hiragana
-        (`pykakasi`) and the transcript is that kana text.
-    ko  hangul, read directly.
+Sentences come from `data_prep.demo_text` (thousands of real words per language, some held
+out of training), voices from `data_prep.demo_voices` (training and held-out voices disjoint).
+Three splits per language:
+    train   `train_per_lang` sentences of training words, training voices
+    valid   `valid_per_lang` sentences (the development set, for choices), each with a word
+            of the validation-only words, held-out voices
+    test    `test_per_lang` sentences, each with a word of the test-only words, held-out voices
+The held-out splits are drawn from their own seeded generators, so they stay the same whatever
+the size of the training set, and a larger training set extends a smaller one.
 
     build_demo_corpus(Path("data/demo/corpus"), DemoConfig(train_per_lang=300))
-writes `audio/<lang>/<id>.flac`, `train.jsonl` and `valid.jsonl`, and is skipped when a corpus of
-the same settings is already there.
+writes `audio/<lang>/<id>.flac`, `{train,valid,test}.jsonl` and `report.json` (sizes, distinct
+words, out-of-vocabulary rates, voices per split), and is skipped when a corpus of the same
+settings is already there.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib
 import json
 import logging
 import random
 import shutil
-import subprocess
 import time
-import unicodedata
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
-import soundfile as sf
-
+from data_prep.demo_text import Sentence, lexicon, make_sentence
+from data_prep.demo_voices import BATCH, ESPEAK_VOICES, draw_voice, engine_versions, synthesize
 from data_prep.parallel import parallel_map
 from whisfusion.config import TokenizerConfig
-from whisfusion.data.audio_io import SAMPLE_RATE, read_audio, to_mono_16k
+from whisfusion.data.shards import write_json_atomic
+from whisfusion.scoring.normalizers import normalize, split_units
 
 log = logging.getLogger("data_prep.demo")
 
 # Bumped whenever the generator changes what it writes, so cached corpora are rebuilt.
-GENERATOR_VERSION = 2
-# espeak-ng voices per language (one is drawn per utterance).
-VOICES = {
-    "en": ["en-us", "en-gb"],
-    "de": ["de"],
-    "fr": ["fr-fr", "fr-be"],
-    "es": ["es", "es-419"],
-    "it": ["it"],
-    "pt": ["pt", "pt-br"],
-    "nl": ["nl"],
-    "ru": ["ru"],
-    "zh": ["cmn-latn-pinyin"],
-    "ja": ["ja"],
-    "ko": ["ko"],
-}
-# Voice variants (speaker timbre), "" = the voice's own.
-VARIANTS = ["", "m1", "m2", "m3", "m4", "f1", "f2", "f3", "f4"]
-# Speaking rate (words per minute) and pitch (0-99) ranges.
-RATE_WPM = (130, 190)
-PITCH = (35, 65)
-# Share of sentences with a number (1-99) written out in words.
-NUMBER_SHARE = 0.3
-# Languages written without spaces between words.
-NO_SPACES = {"zh", "ja"}
-# Quieter than this RMS, espeak-ng produced no speech.
-MIN_RMS = 1e-3
+GENERATOR_VERSION = 3
+# Splits of the synthesized corpus, in the order they are drawn; held-out ones first.
+CORPUS_SPLITS = ("valid", "test", "train")
+HELD_OUT_SPLITS = ("valid", "test")
 
 
 @dataclass
 class DemoConfig:
-    # Languages (keys of VOICES).
+    # Languages (keys of data_prep.demo_voices.ESPEAK_VOICES).
     languages: list[str] = field(default_factory=lambda: list(TokenizerConfig().languages))
-    # Training utterances per language: more lower held-out CER at equal steps (the frozen
-    # features of an utterance never change, so fewer passes over more utterances overfit
-    # less; the alignment head's held-out CER is 21.6% at 600, 19.7% at 1200); each 100 more
-    # cost about 20 s of synthesis and encoding in `make train`, which takes about 18 minutes at
-    # 1200 (about 38 minutes of speech per language).
-    train_per_lang: int = 1200
-    # Validation utterances per language.
+    # Training utterances per language (about 38 minutes of speech per language; with the
+    # held-out sets as many hours of speech as the former 50-word corpus of 1200 shorter
+    # sentences per language, so synthesis and training steps cost the same).
+    train_per_lang: int = 1000
+    # Validation (development) utterances per language: held-out words and voices.
     valid_per_lang: int = 40
-    # Sentences draw from this many most frequent words per language: small enough that the
-    # ~1500 steps of a CPU run show each word dozens of times (validation sentences are new
-    # word sequences, never new words). 300 words take several times the steps for the same CER.
-    vocabulary: int = 50
-    # Fewest and most words per sentence (plus an optional number).
-    words_per_sentence: list[int] = field(default_factory=lambda: [3, 8])
-    # Seed of the sentences, voices, rates and pitches.
+    # Test utterances per language: held-out words (others than validation's) and voices.
+    test_per_lang: int = 60
+    # Sentences draw from this many most frequent words per language (a tenth of those beyond
+    # the 300 most frequent are held out of training).
+    vocabulary: int = 8000
+    # Fewest and most words per sentence (plus an optional number): about 1-5 s of speech,
+    # 2.2 s on average.
+    words_per_sentence: list[int] = field(default_factory=lambda: [2, 7])
+    # Seed of the words held out, sentences, voices, rates and pitches.
     seed: int = 0
     # Synthesis processes.
     jobs: int = 2
 
     def fingerprint(self) -> str:
         """Hash of everything that decides the corpus content (not `jobs`)."""
-        content = {**asdict(self), "jobs": None, "version": GENERATOR_VERSION, "espeak": _espeak()}
+        content = {
+            **asdict(self),
+            "jobs": None,
+            "version": GENERATOR_VERSION,
+            "engines": engine_versions(),
+        }
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
-
-@functools.cache
-def _espeak() -> str:
-    if shutil.which("espeak-ng") is None:
-        raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng; `make espeak`)")
-    return subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.strip()
-
-
-def _demo_package(name: str):
-    """Import one of the demo's text generators, or say which extra installs it."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        raise RuntimeError(
-            f"the demo corpus needs the Python package {name}: "
-            "`pip install 'whisfusion[demo]'` (make setup installs it)"
-        ) from err
-
-
-@functools.cache
-def _kakasi():
-    return _demo_package("pykakasi").kakasi()
-
-
-def _hiragana(text: str) -> str:
-    return "".join(part["hira"] for part in _kakasi().convert(text))
-
-
-def _is_kana(word: str) -> bool:
-    return all("\u3041" <= c <= "\u30ff" for c in word)
-
-
-def _is_hanzi(word: str) -> bool:
-    return all("\u4e00" <= c <= "\u9fff" for c in word)
-
-
-def _is_hangul(word: str) -> bool:
-    return all("\uac00" <= c <= "\ud7a3" for c in word)
-
-
-def _in_script(script: str):
-    """Predicate: every character is a letter of `script` ("LATIN", "CYRILLIC")."""
-    return lambda word: all(unicodedata.name(c, "").startswith(f"{script} ") for c in word)
-
-
-@functools.cache
-def word_list(lang: str, top: int) -> list[str]:
-    """Real words of `lang` among its `top` most frequent, in the script espeak-ng reads."""
-    words = _demo_package("wordfreq").top_n_list(lang, top)
-    if lang == "ja":
-        words = [_hiragana(w) for w in words]
-        keep = _is_kana
-    elif lang == "zh":
-        keep = _is_hanzi
-    elif lang == "ko":
-        keep = _is_hangul
-    else:  # frequency lists carry some English and URL fragments: keep the language's script
-        keep = _in_script("CYRILLIC" if lang == "ru" else "LATIN")
-    out = list(dict.fromkeys(w for w in words if w and keep(w)))
-    if len(out) < 20:
-        raise RuntimeError(
-            f"wordfreq gives only {len(out)} usable words for '{lang}' in its top {top}"
+    def count(self, split: str) -> int:
+        return {"train": self.train_per_lang, "valid": self.valid_per_lang}.get(
+            split, self.test_per_lang
         )
-    return out
-
-
-def _number(lang: str, n: int) -> str:
-    num2words = _demo_package("num2words").num2words
-    if lang in ("zh", "ja"):
-        kanji = num2words(n, lang="ja")
-        return kanji if lang == "zh" else _hiragana(kanji)
-    return num2words(n, lang=lang)
-
-
-def make_sentence(
-    lang: str, rng: random.Random, vocabulary: int, words: Sequence[int]
-) -> tuple[str, str]:
-    """(transcript, text given to espeak-ng) of one random sentence.
-
-    Args:
-        vocabulary: draw from this many most frequent words of the language.
-        words: fewest and most words (an optional number comes on top).
-    """
-    pool = word_list(lang, vocabulary)
-    words = rng.sample(pool, min(len(pool), rng.randint(*words)))
-    if rng.random() < NUMBER_SHARE:
-        words.insert(rng.randrange(len(words) + 1), _number(lang, rng.randint(1, 99)))
-    if lang == "zh":
-        pypinyin = _demo_package("pypinyin")
-        text = "".join(words)
-        spoken = " ".join(
-            pypinyin.lazy_pinyin(text, style=pypinyin.Style.TONE3, neutral_tone_with_five=True)
-        )
-        return text + "。", spoken
-    if lang == "ja":
-        return "".join(words) + "。", " ".join(words)
-    text = " ".join(words)
-    if lang != "ko":
-        text = text[0].upper() + text[1:]
-    end = "?" if rng.random() < 0.2 else "."
-    return text + end, text + end
 
 
 def distinct_sentences(
     lang: str,
+    split: str,
     count: int,
-    rng: random.Random,
     cfg: DemoConfig,
     exclude: frozenset[str] = frozenset(),
-) -> list[tuple[str, str]]:
-    """`count` (text, spoken) sentences with pairwise different transcripts, none in `exclude`."""
-    found: dict[str, str] = {}
+) -> list[Sentence]:
+    """`count` sentences of `split` with pairwise different transcripts, none in `exclude`;
+    a held-out split's each carry one of its own held-out words."""
+    lex = lexicon(lang, cfg.vocabulary, cfg.seed)
+    held_out = {"valid": lex.valid, "test": lex.test}.get(split, ())
+    rng = random.Random(f"{cfg.seed}:{lang}:{split}")
+    found: dict[str, Sentence] = {}
     for _ in range(100 * count + 100):
         if len(found) == count:
             break
-        text, spoken = make_sentence(lang, rng, cfg.vocabulary, cfg.words_per_sentence)
-        text = unicodedata.normalize("NFC", text)
-        if text not in exclude:
-            found.setdefault(text, spoken)
+        sentence = make_sentence(lang, rng, lex, cfg.words_per_sentence, held_out)
+        if sentence.text not in exclude:
+            found.setdefault(sentence.text, sentence)
     else:
-        raise RuntimeError(f"could not make {count} distinct '{lang}' sentences")
-    return list(found.items())
+        raise RuntimeError(f"could not make {count} distinct '{lang}' {split} sentences")
+    return list(found.values())
 
 
-def plan_utterances(cfg: DemoConfig) -> list[tuple[str, dict, tuple[str, str, int, int]]]:
+def plan_utterances(cfg: DemoConfig) -> list[tuple[str, dict, tuple]]:
     """Every utterance of the corpus: its split, its manifest row (no duration yet) and its
-    synthesis settings (spoken text, voice, rate, pitch).
+    synthesis settings (spoken text, Voice).
 
-    Each (language, split) draws from its own seeded generator, and validation sentences are
-    drawn first, so the held-out set does not change when `train_per_lang` does (runs with
-    more or less training data stay comparable) and a larger training set extends a smaller
-    one; training sentences exclude the held-out ones.
+    Each (language, split) draws sentences and voices from its own seeded generators, so a
+    split does not change when another's size does; training sentences exclude held-out ones.
     """
     planned = []
     for lang in cfg.languages:
-        held_out: frozenset[str] = frozenset()
-        for split, count in (("valid", cfg.valid_per_lang), ("train", cfg.train_per_lang)):
-            # sentences and voices from separate generators: a larger split starts with the
-            # utterances of a smaller one
+        taken: frozenset[str] = frozenset()
+        for split in CORPUS_SPLITS:
+            sentences = distinct_sentences(lang, split, cfg.count(split), cfg, exclude=taken)
+            taken |= {s.text for s in sentences}
             rng = random.Random(f"{cfg.seed}:{lang}:{split}:voices")
-            sentences = distinct_sentences(
-                lang, count, random.Random(f"{cfg.seed}:{lang}:{split}"), cfg, exclude=held_out
-            )
-            held_out = frozenset(text for text, _ in sentences)
-            for k, (text, spoken) in enumerate(sentences):
+            for k, sentence in enumerate(sentences):
                 utt_id = f"demo-{lang}-{split}-{k:05d}"
-                voice = rng.choice(VOICES[lang])
-                variant = rng.choice(VARIANTS)
-                voice = f"{voice}+{variant}" if variant else voice
+                voice = draw_voice(lang, split in HELD_OUT_SPLITS, rng)
                 row = {
                     "id": utt_id,
                     "audio": f"audio/{lang}/{utt_id}.flac",
-                    "text": text,
+                    "text": sentence.text,
                     "lang": lang,
-                    "speaker": voice,
+                    "speaker": voice.speaker,
                 }
-                settings = (spoken, voice, rng.randint(*RATE_WPM), rng.randint(*PITCH))
-                planned.append((split, row, settings))
+                planned.append((split, row, (sentence.spoken, voice)))
     return planned
 
 
-def synthesize(job: tuple[str, str, int, int, str]) -> float:
-    """Speak `text` with espeak-ng into a 16 kHz mono FLAC file; returns its duration (s)."""
-    text, voice, rate, pitch, out_path = job
-    cmd = ["espeak-ng", "-v", voice, "-s", str(rate), "-p", str(pitch), "--stdout"]
-    result = subprocess.run(cmd, input=text.encode("utf-8"), capture_output=True)
-    if result.returncode != 0 or not result.stdout:
-        raise RuntimeError(f"espeak-ng {voice} failed on {text!r}: {result.stderr.decode()[-300:]}")
-    samples, rate_hz = read_audio(result.stdout)  # espeak-ng writes 22050 Hz WAV
-    wave = to_mono_16k(samples, rate_hz)
-    if float(np.sqrt(np.mean(wave**2))) < MIN_RMS:
-        raise RuntimeError(f"espeak-ng {voice} produced silence for {text!r}")
-    sf.write(out_path, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-    return wave.size / SAMPLE_RATE
+def _units(text: str, lang: str) -> list[str]:
+    """Scoring units of a transcript: characters for zh / ja (spaces dropped), else words."""
+    unit = "char" if lang in ("zh", "ja") else "word"
+    return [u for u in split_units(normalize(text, lang), unit) if u != " "]
+
+
+def corpus_report(rows: dict[str, list[dict]]) -> dict:
+    """Per language and split: utterances, hours, distinct units, voices; for every split but
+    train, its out-of-vocabulary rate (share of its words, or zh / ja characters, that no
+    training transcript holds) and how many of its voices training used.
+
+    Args:
+        rows: manifest rows (`text`, `lang`, `speaker`, `duration`) by split; needs `train`.
+    """
+    languages = sorted({r["lang"] for split_rows in rows.values() for r in split_rows})
+    known = {lang: set() for lang in languages}
+    train_voices = {lang: set() for lang in languages}
+    for r in rows["train"]:
+        known[r["lang"]].update(_units(r["text"], r["lang"]))
+        train_voices[r["lang"]].add(r.get("speaker"))
+    report: dict = {}
+    for split, split_rows in rows.items():
+        for lang in languages:
+            mine = [r for r in split_rows if r["lang"] == lang]
+            if not mine:
+                continue
+            units = [u for r in mine for u in _units(r["text"], r["lang"])]
+            voices = {r.get("speaker") for r in mine}
+            entry = {
+                "utterances": len(mine),
+                "hours": round(sum(r.get("duration", 0.0) for r in mine) / 3600.0, 4),
+                "unit": "char" if lang in ("zh", "ja") else "word",
+                "units": len(units),
+                "distinct_units": len(set(units)),
+                "voices": len(voices),
+            }
+            if split != "train":
+                oov = sum(u not in known[lang] for u in units)
+                entry["oov_rate"] = round(oov / max(len(units), 1), 4)
+                entry["voices_in_train"] = len(voices & train_voices[lang])
+            report.setdefault(split, {})[lang] = entry
+    return report
 
 
 def build_demo_corpus(out: Path, cfg: DemoConfig) -> Path:
@@ -282,27 +185,29 @@ def build_demo_corpus(out: Path, cfg: DemoConfig) -> Path:
     if marker.is_file() and json.loads(marker.read_text()).get("fingerprint") == fingerprint:
         log.info("demo corpus in %s is up to date", out)
         return out
-    unknown = sorted(set(cfg.languages) - set(VOICES))
+    unknown = sorted(set(cfg.languages) - set(ESPEAK_VOICES))
     if unknown:
-        raise ValueError(f"no demo voice for {unknown}; available: {sorted(VOICES)}")
+        raise ValueError(f"no demo voice for {unknown}; available: {sorted(ESPEAK_VOICES)}")
     shutil.rmtree(out, ignore_errors=True)
     for lang in cfg.languages:
         (out / "audio" / lang).mkdir(parents=True)
     planned = plan_utterances(cfg)
-    ordered = [row for _, row, _ in planned]
-    jobs = [(*settings, str(out / row["audio"])) for _, row, settings in planned]
+    jobs = [(spoken, voice, str(out / row["audio"])) for _, row, (spoken, voice) in planned]
+    # consecutive utterances (mostly one language and split): few festival voices per batch
+    batches = [jobs[i : i + BATCH] for i in range(0, len(jobs), BATCH)]
     start = time.perf_counter()
-    durations = list(parallel_map(synthesize, jobs, cfg.jobs))
+    durations = [d for batch in parallel_map(synthesize, batches, cfg.jobs) for d in batch]
     seconds = time.perf_counter() - start
-    for row, duration in zip(ordered, durations, strict=True):
+    rows: dict[str, list[dict]] = {split: [] for split in CORPUS_SPLITS}
+    for (split, row, _), duration in zip(planned, durations, strict=True):
         row["duration"] = round(duration, 4)
-    for split in ("train", "valid"):
+        rows[split].append(row)
+    for split, split_rows in rows.items():
         with (out / f"{split}.jsonl").open("w", encoding="utf-8") as f:
-            f.writelines(
-                json.dumps(row, ensure_ascii=False) + "\n"
-                for row_split, row, _ in planned
-                if row_split == split
-            )
+            f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in split_rows)
+    report = corpus_report(rows)
+    report["synthesis"] = {"seconds": round(seconds, 1), "jobs": cfg.jobs, "utterances": len(jobs)}
+    write_json_atomic(out / "report.json", report)
     log.info(
         "demo corpus: %d utterances, %.2f h, synthesized in %.1f s with %d process(es) "
         "(%.1f s per 100 utterances)",
@@ -312,5 +217,11 @@ def build_demo_corpus(out: Path, cfg: DemoConfig) -> Path:
         cfg.jobs,
         100.0 * seconds / max(len(jobs), 1),
     )
+    for split in HELD_OUT_SPLITS:
+        log.info(
+            "demo corpus %s: out-of-vocabulary rate %s",
+            split,
+            ", ".join(f"{lang} {e['oov_rate']:.1%}" for lang, e in report[split].items()),
+        )
     marker.write_text(json.dumps({"fingerprint": fingerprint, "config": asdict(cfg)}) + "\n")
     return out

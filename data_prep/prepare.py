@@ -3,7 +3,7 @@
     python -m data_prep.prepare librispeech:/corpora/LibriSpeech \\
         mls:/corpora/mls commonvoice:/corpora/cv-corpus-17.0 fleurs:/corpora/fleurs \\
         --out data/big --config configs/large.yaml --jobs 16
-    python -m data_prep.prepare demo --out data/demo          # the espeak-ng demo corpus
+    python -m data_prep.prepare demo --out data/demo          # the synthesized demo corpus
     python -m data_prep.prepare jsonl:/my/manifests --out data/mine --stage 3 --stop-stage 4
 
 A SOURCE is KIND[:ROOT[:TRAIN_SPLITS[:VALID_SPLITS]]] (comma-separated split names; layouts and
@@ -38,15 +38,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-from data_prep.adapters import ADAPTERS, default_splits
-from data_prep.demo_corpus import DemoConfig, build_demo_corpus
+from data_prep.adapters import ADAPTERS, CorpusError, asterisk_transcripts, default_splits
+from data_prep.demo_corpus import DemoConfig, build_demo_corpus, corpus_report
 from data_prep.settings import PrepSettings, Source
 from data_prep.stages import STAGES, PrepError
 from whisfusion.config import CanvasConfig, load_config
-from whisfusion.data.shards import write_json_atomic
+from whisfusion.data.shards import SPLITS, write_json_atomic
 from whisfusion.tokenizer import MODEL_TYPES, check_model_type
 
 log = logging.getLogger("data_prep")
+
+# Languages of the human-speech evaluation set (asterisk-core-sounds-<lang>, one speaker each);
+# the packages' other languages are never read, so that no choice is made on them.
+HUMAN_LANGUAGES = ("it", "ru")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_DATE = "%Y-%m-%d %H:%M:%S"
@@ -180,18 +184,24 @@ def prepare_demo(
     vocab_size: int,
     seed: int,
     *,
+    test_per_lang: int | None = None,
     jobs: int = 2,
     model_type: str | None = None,
     vocabulary: int | None = None,
     canvas: CanvasConfig | None = None,
     max_duration: float | None = None,
+    human_root: Path | None = Path("/"),
 ) -> Path:
-    """Build the espeak-ng demo corpus under `<data_dir>/corpus` and run every stage on it.
+    """Build the synthesized demo corpus under `<data_dir>/corpus` and run every stage on it.
 
     Done stages (and an up-to-date corpus) are skipped, so this is cheap to call before every
-    training run. Returns `data_dir` (shards, index.json, tokenizer.model, stats.json).
+    training run. Returns `data_dir` (shards of the splits train, valid and test, index.json,
+    tokenizer.model, stats.json, language_tokens.json, reports/corpus.json).
+    `test_per_lang`, `vocabulary`: DemoConfig's (None: its default).
     `model_type`: SentencePiece model type (None: PrepSettings' default).
-    `vocabulary`: words per language the sentences draw from (None: DemoConfig's default).
+    `human_root`: where the asterisk-core-sounds packages are installed (`/`): their Italian
+    and Russian prompts become the evaluation-only split `human` (a language whose package is
+    missing is left out, with a warning); None: no human split.
     """
     data_dir = Path(data_dir)
     demo = DemoConfig(
@@ -201,12 +211,18 @@ def prepare_demo(
         seed=seed,
         jobs=jobs,
     )
+    if test_per_lang is not None:
+        demo.test_per_lang = test_per_lang
     if vocabulary is not None:
         demo.vocabulary = vocabulary
     corpus = build_demo_corpus(data_dir / "corpus", demo)
+    sources = [Source("jsonl", corpus, ["train"], ["valid"], test=["test"])]
+    human = human_languages(human_root, languages) if human_root is not None else []
+    if human:
+        sources.append(Source("asterisk", human_root, [], [], human=human))
     settings = PrepSettings(
         out=data_dir,
-        sources=[Source("jsonl", corpus, ["train"], ["valid"])],
+        sources=sources,
         languages=list(languages),
         vocab_size=vocab_size,
         seed=seed,
@@ -220,7 +236,49 @@ def prepare_demo(
     if max_duration is not None:
         settings.max_duration = max_duration
     run(settings)
+    write_corpus_report(data_dir)
     return data_dir
+
+
+def human_languages(root: Path, languages: list[str]) -> list[str]:
+    """The languages of HUMAN_LANGUAGES among `languages` whose asterisk-core-sounds package
+    is installed under `root`."""
+    found = []
+    for lang in HUMAN_LANGUAGES:
+        if lang not in languages:
+            continue
+        try:
+            asterisk_transcripts(root, lang)
+            found.append(lang)
+        except CorpusError as err:
+            log.warning("no human-speech evaluation set for '%s': %s", lang, err)
+    return found
+
+
+def write_corpus_report(data_dir: Path) -> dict:
+    """`reports/corpus.json`: per split and language the size, distinct words (zh / ja:
+    characters), voices, and for held-out splits the out-of-vocabulary rate against the
+    training transcripts and the voices they share with training (from the filtered
+    manifests, so it describes what the shards hold)."""
+    rows = {
+        split: [
+            json.loads(line)
+            for path in sorted((data_dir / "manifests" / split).glob("*.jsonl"))
+            for line in path.read_text(encoding="utf-8").splitlines()
+        ]
+        for split in SPLITS
+    }
+    report = corpus_report({split: r for split, r in rows.items() if r or split == "train"})
+    write_json_atomic(data_dir / "reports" / "corpus.json", report)
+    for split, langs in report.items():
+        if split != "train":
+            log.info(
+                "corpus %s: out-of-vocabulary rate %s; voices shared with training: %d",
+                split,
+                ", ".join(f"{lang} {e['oov_rate']:.1%}" for lang, e in langs.items()),
+                sum(e["voices_in_train"] for e in langs.values()),
+            )
+    return report
 
 
 def parse_source(spec: str, corpus_dir: str | None) -> Source:
@@ -268,6 +326,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = DemoConfig()
     p.add_argument("--train-per-lang", type=int, default=demo.train_per_lang, help="demo only")
     p.add_argument("--valid-per-lang", type=int, default=demo.valid_per_lang, help="demo only")
+    p.add_argument("--test-per-lang", type=int, default=demo.test_per_lang, help="demo only")
     p.add_argument(
         "--demo-vocabulary", type=int, default=demo.vocabulary, help="demo only: words per language"
     )
@@ -319,6 +378,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.valid_per_lang,
                 s.vocab_size,
                 s.seed,
+                test_per_lang=args.test_per_lang,
                 jobs=s.jobs,
                 model_type=s.model_type,
                 vocabulary=args.demo_vocabulary,

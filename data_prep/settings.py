@@ -18,9 +18,15 @@ class Source:
     train: list[str]
     # Splits read as validation data.
     valid: list[str]
+    # Splits read as evaluation-only data: a held-out test set, human speech.
+    test: list[str] = field(default_factory=list)
+    human: list[str] = field(default_factory=list)
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "root": str(self.root), "train": self.train, "valid": self.valid}
+        out = {"kind": self.kind, "root": str(self.root), "train": self.train, "valid": self.valid}
+        # only when used, so that data directories prepared without them keep their stage hashes
+        out.update({k: getattr(self, k) for k in ("test", "human") if getattr(self, k)})
+        return out
 
 
 @dataclass

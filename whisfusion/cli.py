@@ -7,7 +7,7 @@ import importlib
 import sys
 
 # Subcommand modules; each has `add_parser(subparsers)` that sets `func` on its parser.
-COMMANDS = ["train", "transcribe", "evaluate", "score", "slurm", "bench"]
+COMMANDS = ["train", "transcribe", "evaluate", "baseline", "score", "slurm", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -77,14 +77,7 @@ def add_parser(sub) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_decode_options(p)
-    p.add_argument(
-        "--data",
-        required=True,
-        nargs="+",
-        metavar="SHARDS_OR_MANIFEST",
-        help="index directory, shard pattern or JSONL manifest (several allowed)",
-    )
-    p.add_argument("--split", default="valid", help="split of an index directory (default valid)")
+    add_data_options(p)
     lang = p.add_mutually_exclusive_group()
     lang.add_argument(
         "--language-given",
@@ -104,6 +97,22 @@ def add_parser(sub) -> None:
         help="where results go (default: eval-<checkpoint name> beside the checkpoint)",
     )
     p.set_defaults(func=run, predict_language=False)
+
+
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    """`--data` and `--split`: the evaluation set (see `read_eval_set`)."""
+    p.add_argument(
+        "--data",
+        required=True,
+        nargs="+",
+        metavar="SHARDS_OR_MANIFEST",
+        help="index directory, shard pattern or JSONL manifest (several allowed)",
+    )
+    p.add_argument(
+        "--split",
+        default="valid",
+        help="split of an index directory: valid (default), test, human, train",
+    )
 
 
 # ---------------------------------------------------------------------------- reading
