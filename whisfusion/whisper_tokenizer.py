@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer as HFTokenizer
 
 from whisfusion.canvas import r_max_rule
 from whisfusion.data.manifest import read_manifest
@@ -30,6 +29,14 @@ class WhisperTokenizer:
     """Text <-> Whisper ids for the languages of a run, plus the canvas specials."""
 
     def __init__(self, tokenizer_json: str, languages: Sequence[str]):
+        # an optional dependency (extra `whisper`): only this decoder kind needs it
+        try:
+            from tokenizers import Tokenizer as HFTokenizer
+        except ModuleNotFoundError as err:
+            raise ModuleNotFoundError(
+                "model.decoder.kind whisper needs the `tokenizers` package: "
+                "pip install 'whisfusion[whisper]'"
+            ) from err
         self._json = tokenizer_json
         self.bpe = HFTokenizer.from_str(tokenizer_json)
         self.languages = list(languages)
