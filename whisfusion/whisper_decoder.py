@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from whisfusion.alignment import AS_TRAINED, HeadReading
+from whisfusion.encoder.model import MultiHeadSelfAttention
 
 # Whisper's own LayerNorm epsilon (openai-whisper and transformers).
 LAYER_NORM_EPS = 1e-5
@@ -74,16 +75,9 @@ class WhisperCrossCache:
         return self.key_valid.shape[0]
 
 
-class Attention(nn.Module):
-    """Whisper's multi-head attention: q and v with bias, k without."""
-
-    def __init__(self, width: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.query = nn.Linear(width, width)
-        self.key = nn.Linear(width, width, bias=False)
-        self.value = nn.Linear(width, width)
-        self.out = nn.Linear(width, width)
+class Attention(MultiHeadSelfAttention):
+    """Whisper's attention (q and v with bias, k without, as in its encoder), used here with a
+    padding mask for self-attention and with cached keys/values for cross-attention."""
 
     def split(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, H, L, Dh)."""
