@@ -16,7 +16,6 @@ import functools
 import hashlib
 import json
 import logging
-import math
 import random
 import shutil
 import time
@@ -34,7 +33,7 @@ from tqdm import tqdm
 from data_prep.adapters import ADAPTERS
 from data_prep.parallel import parallel_map
 from data_prep.settings import PrepSettings
-from whisfusion.canvas import build_canvas, canvas_length
+from whisfusion.canvas import build_canvas, canvas_length, r_max_rule
 from whisfusion.config import CanvasConfig
 from whisfusion.data import stats as S
 from whisfusion.data.manifest import ManifestWriter, Utterance, read_manifest
@@ -279,7 +278,7 @@ def stage_tokenizer(s: PrepSettings, stage_hash: str) -> dict[str, Any]:
     write_json_atomic(s.out / LANGUAGE_VOCAB_FILE, vocab.to_dict())
     per_language = {lang: _percentiles(np.asarray(r)) for lang, r in sorted(rates.items())}
     pooled = _percentiles(np.concatenate([np.asarray(r) for r in rates.values()]))
-    r_max = math.ceil(pooled["p99"] * 2) / 2
+    r_max = r_max_rule(pooled["p99"])
     stats = {
         "r_max": r_max,
         "r_max_rule": "p99 of text tokens per second over all training utterances, "

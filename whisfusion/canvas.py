@@ -14,6 +14,13 @@ import torch
 from whisfusion.config import CanvasConfig
 
 
+def r_max_rule(p99_tokens_per_s: float) -> float:
+    """The canvas rate of a corpus: the 99th percentile of its training utterances' text tokens
+    per second, rounded up to 0.5 (a canvas then holds all but the fastest 1% of speech, which
+    data preparation and the stream skip as canvas overflows)."""
+    return math.ceil(p99_tokens_per_s * 2) / 2
+
+
 def canvas_length(duration_s: float, cfg: CanvasConfig) -> int:
     """L = clip(ceil(duration * r_max) + margin, min_len, max_len), rounded up to `multiple`."""
     if cfg.r_max <= 0:

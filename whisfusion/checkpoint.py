@@ -19,7 +19,7 @@ import torch
 from whisfusion.config import config_from_dict, config_to_dict
 from whisfusion.encoder import build_encoder
 from whisfusion.language_vocab import LanguageVocabulary
-from whisfusion.tokenizer import Tokenizer
+from whisfusion.tokenizer import tokenizer_from_bytes
 
 if TYPE_CHECKING:
     from whisfusion.model import Whisfusion
@@ -96,7 +96,7 @@ def load_model(
     if entry is None:
         raise CheckpointError(f"{path}: not a whisfusion checkpoint (no '{CHECKPOINT_KEY}' entry)")
     cfg = config_from_dict(entry["config"], origin=f"{path} (config)")
-    tokenizer = Tokenizer.from_bytes(entry["tokenizer"].numpy().tobytes())
+    tokenizer = tokenizer_from_bytes(entry["tokenizer"].numpy().tobytes())
     recorded = entry["encoder"]
     enc_cfg = cfg.model.encoder
     # The recorded path where it exists here; else the configured source (a `pypi:` name

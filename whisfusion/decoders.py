@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from whisfusion.config import DecoderConfig
+from whisfusion.config import DecoderConfig, RunConfig
 from whisfusion.decoder import DiffusionDecoder
 from whisfusion.denoiser import Denoiser
 from whisfusion.encoder import FrozenWhisperEncoder
 from whisfusion.prior import AlignmentPrior, check_alignment_config
 from whisfusion.tokenizer import Tokenizer
+from whisfusion.whisper_tokenizer import WhisperTokenizer
+from whisfusion.whisper_weights import build_whisper_decoder
 
 # `model.decoder.kind` values: "diffusion" is the paper's decoder, trained from scratch;
 # "whisper" starts from the pretrained decoder of the encoder's own Whisper checkpoint.
@@ -27,13 +29,18 @@ def build_decoder(
     if cfg.kind == "diffusion":
         return diffusion_decoder(cfg, tokenizer.vocab_size, encoder.width, max_len)
     if cfg.kind == "whisper":
-        raise ValueError(
-            "model.decoder.kind 'whisper' (a decoder started from Whisper's own) is not "
-            "available in this version; use 'diffusion'"
-        )
+        return build_whisper_decoder(cfg, tokenizer, encoder, max_len)
     raise ValueError(
         f"model.decoder.kind must be one of {', '.join(DECODER_KINDS)}; got '{cfg.kind}'"
     )
+
+
+def build_tokenizer(cfg: RunConfig, encoder: FrozenWhisperEncoder) -> Tokenizer | WhisperTokenizer:
+    """The tokenizer the decoder kind writes with: Whisper's own, beside the encoder's weights,
+    for `model.decoder.kind: whisper`; else the SentencePiece model at `model.tokenizer.path`."""
+    if cfg.model.decoder.kind == "whisper":
+        return WhisperTokenizer.from_weights(encoder.source, cfg.model.tokenizer.languages)
+    return Tokenizer.from_file(cfg.model.tokenizer.path)
 
 
 def diffusion_decoder(

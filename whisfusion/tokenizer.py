@@ -98,6 +98,16 @@ class Tokenizer:
             raise ValueError(f"{path}: not a SentencePiece model ({err})") from None
 
 
+def tokenizer_from_bytes(data: bytes):
+    """The tokenizer a checkpoint carries: a SentencePiece `Tokenizer`, or a
+    `whisfusion.whisper_tokenizer.WhisperTokenizer` (recognised by its marker)."""
+    from whisfusion.whisper_tokenizer import MAGIC, WhisperTokenizer
+
+    if data.startswith(MAGIC):
+        return WhisperTokenizer.from_bytes(data)
+    return Tokenizer.from_bytes(data)
+
+
 def check_model_type(model_type: str) -> None:
     """Raise ValueError unless `model_type` is one of `MODEL_TYPES`."""
     if model_type not in MODEL_TYPES:

@@ -18,7 +18,9 @@ from whisfusion.callbacks.preemption import StopOnSignal, TrainingStopped
 from whisfusion.checkpoint_io import AtomicCheckpointIO
 from whisfusion.config import RunConfig, config_to_yaml
 from whisfusion.decoder import DecoderBlock
+from whisfusion.decoders import build_tokenizer
 from whisfusion.distributed import BatchPlan, RankAgreement, plan_for, train_shard_listing
+from whisfusion.encoder import build_encoder
 from whisfusion.language_vocab import FILE_NAME as LANGUAGE_VOCAB_FILE
 from whisfusion.language_vocab import LanguageVocabulary
 from whisfusion.lightning_module import WhisfusionModule
@@ -28,6 +30,7 @@ from whisfusion.scoring import cer_line
 from whisfusion.slurm import cluster_plugins, slurm_job_id
 from whisfusion.tokenizer import Tokenizer
 from whisfusion.validation import PDDValidation
+from whisfusion.whisper_tokenizer import whisper_r_max
 
 log = logging.getLogger("whisfusion.train")
 
@@ -38,13 +41,16 @@ warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` i
 
 
 def resolve_data_paths(cfg: RunConfig) -> None:
-    """Fill what the data directory knows (tokenizer, r_max) into the config, in place."""
+    """Fill what the data directory knows (tokenizer, r_max) into the config, in place.
+
+    stats.json's r_max counts the data directory's SentencePiece tokens; a run on Whisper's
+    tokenizer measures its own (`whisper_r_max`)."""
     root = Path(cfg.data.root) if cfg.data.root else None
     if not cfg.model.tokenizer.path:
         if root is None:
             raise ValueError("no tokenizer: set model.tokenizer.path or data.root")
         cfg.model.tokenizer.path = str(root / "tokenizer.model")
-    if cfg.model.canvas.r_max <= 0:
+    if cfg.model.canvas.r_max <= 0 and cfg.model.decoder.kind != "whisper":
         stats = root / "stats.json" if root else None
         if stats is None or not stats.is_file():
             raise ValueError(
@@ -53,10 +59,11 @@ def resolve_data_paths(cfg: RunConfig) -> None:
         cfg.model.canvas.r_max = float(json.loads(stats.read_text())["r_max"])
 
 
-def language_vocab_beside(cfg: RunConfig, tokenizer: Tokenizer) -> LanguageVocabulary | None:
-    """The per-language token counts data preparation wrote beside the tokenizer model, if any."""
+def language_vocab_beside(cfg: RunConfig, tokenizer) -> LanguageVocabulary | None:
+    """The per-language token counts data preparation wrote beside the tokenizer model, if any
+    (in that SentencePiece model's ids: none for Whisper's tokenizer)."""
     path = Path(cfg.model.tokenizer.path).with_name(LANGUAGE_VOCAB_FILE)
-    if not path.is_file():
+    if not isinstance(tokenizer, Tokenizer) or not path.is_file():
         return None
     return LanguageVocabulary.from_file(path, tokenizer.languages, tokenizer.vocab_size)
 
@@ -129,8 +136,12 @@ def run_training(cfg: RunConfig) -> Path:
     plan = plan_for(cfg)
     # data.batch_size is the most one device holds; the plan may choose less.
     cfg.data.batch_size = plan.per_device
-    tokenizer = Tokenizer.from_file(cfg.model.tokenizer.path)
-    model = Whisfusion.from_config(cfg, tokenizer, language_vocab_beside(cfg, tokenizer))
+    encoder = build_encoder(cfg.model.encoder)
+    tokenizer = build_tokenizer(cfg, encoder)
+    if cfg.model.canvas.r_max <= 0:
+        cfg.model.canvas.r_max = whisper_r_max(Path(cfg.data.root), tokenizer)
+        (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
+    model = Whisfusion(cfg, tokenizer, encoder, language_vocab_beside(cfg, tokenizer))
     # before any training step, not at the first validation
     model.check_options(DecodeOptions.from_config(cfg.decode))
     module = WhisfusionModule(model)

@@ -38,8 +38,10 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    # Which decoder (whisfusion.decoders): "diffusion", the paper's, trained from scratch; or
-    # "whisper", started from the pretrained decoder of the encoder's own Whisper checkpoint.
+    # "diffusion": the paper's decoder, trained from scratch (whisfusion.decoder); "whisper":
+    # Whisper's own pretrained decoder of the encoder's checkpoint, with its tokenizer, adapted
+    # to masked denoising (whisfusion.whisper_decoder; it ignores the shape keys below and reads
+    # the encoder's last block).
     kind: str = "diffusion"
     # Transformer blocks (self-attention, cross-attention, SwiGLU MLP).
     layers: int = 2

@@ -26,7 +26,7 @@ from whisfusion.config import CanvasConfig
 from whisfusion.data import stats as S
 from whisfusion.data.audio_io import SAMPLE_RATE
 from whisfusion.data.shards import decode_sample
-from whisfusion.tokenizer import Tokenizer
+from whisfusion.tokenizer import Tokenizer, tokenizer_from_bytes
 
 
 @dataclass
@@ -67,7 +67,7 @@ class ExampleDecoder:
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tok is None:
-            self._tok = Tokenizer.from_bytes(self._proto)
+            self._tok = tokenizer_from_bytes(self._proto)
         return self._tok
 
     def __call__(self, raw: dict[str, Any]) -> Example:

@@ -111,8 +111,9 @@ def _index(reader: _Reader) -> tuple[dict[str, _Entry], dict[str, str]]:
     return entries, aliases
 
 
-def read_encoder_variables(model_bin: Path) -> dict[str, torch.Tensor]:
-    """Return every `encoder/...` variable of a CTranslate2 Whisper model.bin, aliases resolved.
+def read_encoder_variables(model_bin: Path, prefix: str = "encoder/") -> dict[str, torch.Tensor]:
+    """Return every variable under `prefix` (`encoder/`, or `decoder/` for the decoder) of a
+    CTranslate2 Whisper model.bin, aliases resolved.
 
     Float variables keep their stored dtype (float32, float16 or bfloat16); scalars are 0-d.
     Raises `CT2FormatError` for a truncated or foreign file and for quantized (int8/int16)
@@ -121,7 +122,7 @@ def read_encoder_variables(model_bin: Path) -> dict[str, torch.Tensor]:
     with open(model_bin, "rb") as stream:
         reader = _Reader(stream, model_bin)
         entries, aliases = _index(reader)
-        names = sorted({n for n in list(entries) + list(aliases) if n.startswith("encoder/")})
+        names = sorted({n for n in list(entries) + list(aliases) if n.startswith(prefix)})
         variables = {}
         for name in names:
             target = aliases.get(name, name)
@@ -131,7 +132,7 @@ def read_encoder_variables(model_bin: Path) -> dict[str, torch.Tensor]:
             if entry.shape and entry.dtype not in _FLOAT_DTYPES:
                 raise CT2FormatError(
                     f"{model_bin}: variable {name} is quantized to {str(entry.dtype)[6:]}; "
-                    "the encoder needs float weights: re-convert the model with "
+                    "whisfusion needs float weights: re-convert the model with "
                     "`ct2-transformers-converter --quantization float16` (or float32)"
                 )
             stream.seek(entry.offset)

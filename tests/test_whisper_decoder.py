@@ -1,0 +1,169 @@
+"""The decoder started from Whisper's own: weights loaded exactly, the canvas mapping, K rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import WhisperForConditionalGeneration
+
+from tests.whisper_fixtures import (
+    _aliases,
+    _quantize,
+    ct2_variables,
+    serialize_ct2,
+    tiny_whisper_config,
+)
+from whisfusion.whisper_decoder import WhisperPrompt
+from whisfusion.whisper_weights import load_whisper_decoder
+
+# tiny_whisper_config's vocabulary of 96: 3 = decoder start, specials above 80
+PROMPT = WhisperPrompt(sot=80, task=81, no_timestamps=82)
+
+
+def randomized(seed: int = 0) -> WhisperForConditionalGeneration:
+    """A tiny Whisper with every decoder weight random (LayerNorms and biases included), eval."""
+    gen = torch.Generator().manual_seed(seed)
+    cfg = tiny_whisper_config()
+    cfg.decoder_layers = 2
+    model = WhisperForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.model.decoder.named_parameters():
+            scale = 0.3 if "weight" in name and p.ndim == 2 else 0.1
+            base = 1.0 if name.endswith("layer_norm.weight") else 0.0
+            p.copy_(base + scale * torch.randn(p.shape, generator=gen))
+    return model
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    model = randomized()
+    directory = tmp_path_factory.mktemp("hf")
+    model.save_pretrained(directory, safe_serialization=True)
+    return model, load_whisper_decoder(directory, PROMPT).eval()
+
+
+def features(model, batch: int = 2, seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    mel = torch.randn(batch, 80, 100, generator=gen)
+    with torch.no_grad():
+        return model.model.encoder(mel).last_hidden_state
+
+
+def test_causal_decoder_reproduces_transformers_logits(tiny):
+    """With a causal mask, no [MASK] and no shift, the loaded module is Whisper's decoder."""
+    model, ours = tiny
+    feats = features(model)
+    ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = model(encoder_outputs=(feats,), decoder_input_ids=ids).logits
+        cache = ours.cross_cache(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
+        got = ours.logits_at(ours.hidden(ids, cache, causal=True))
+    assert torch.allclose(got, expected, atol=1e-4), (got - expected).abs().max()
+
+
+def test_canvas_position_reads_whisper_position_before_it(tiny):
+    """Dream's shift: canvas position 0 (language) is Whisper's prediction after
+    <|startoftranscript|>, text token j its prediction after the token before j."""
+    model, ours = tiny
+    feats = features(model, batch=1)
+    canvas = torch.tensor([[50, 10, 11, 12, 2, 2]])
+    whisper = torch.tensor([[80, 50, 81, 82, 10, 11, 12, 2, 2]])
+    with torch.no_grad():
+        expected = model(encoder_outputs=(feats,), decoder_input_ids=whisper).logits
+        cache = ours.cross_cache(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
+        got = ours.logits_at(ours.canvas_hidden(canvas, cache, None, causal=True))
+    assert torch.allclose(got[:, 0], expected[:, 0], atol=1e-4)
+    assert torch.allclose(got[:, 1:], expected[:, 3:8], atol=1e-4)
+
+
+def test_rows_share_the_cache_and_padding_frames_are_ignored(tiny):
+    """K candidate rows per utterance give each row's own result; frames past the audio's end
+    change nothing."""
+    model, ours = tiny
+    feats = features(model)
+    valid = torch.ones(feats.shape[:2], dtype=torch.bool)
+    valid[1, 30:] = False
+    tokens = torch.randint(0, 80, (4, 7), generator=torch.Generator().manual_seed(3))
+    tokens[:, 2] = ours.mask_id
+    with torch.no_grad():
+        both = ours(tokens, ours.cross_cache(feats, valid))
+        noisy = feats.clone()
+        noisy[1, 30:] = 100.0
+        alone = ours(tokens[2:], ours.cross_cache(noisy[1:], valid[1:]))
+    assert both.shape == (4, 7, 96)
+    assert torch.allclose(both[2:], alone, atol=1e-4)
+    assert not torch.allclose(both[0], both[2], atol=1e-3)
+
+
+def test_mask_is_never_predicted_and_starts_at_the_mean_text_embedding(tiny):
+    _, ours = tiny
+    assert ours.mask_id == ours.vocab_size == 96
+    mean = ours.token_embedding.weight[: PROMPT.sot - 1].mean(0)
+    assert torch.allclose(ours.mask_embed, mean)
+
+
+def ct2_decoder_variables(model: WhisperForConditionalGeneration) -> dict:
+    """The decoder variables CTranslate2's Whisper converter writes (q, k, v fused with a zero
+    key bias; cross-attention k, v fused; LayerNorms as gamma / beta)."""
+    dec = model.model.decoder
+
+    def arr(t):
+        return t.detach().float().numpy().copy()
+
+    v = {
+        "decoder/embeddings/weight": arr(dec.embed_tokens.weight),
+        "decoder/position_encodings/encodings": arr(dec.embed_positions.weight),
+        "decoder/layer_norm/gamma": arr(dec.layer_norm.weight),
+        "decoder/layer_norm/beta": arr(dec.layer_norm.bias),
+        "decoder/num_heads": np.array(model.config.decoder_attention_heads, dtype=np.int16),
+    }
+    for i, layer in enumerate(dec.layers):
+        s, a, c = f"decoder/layer_{i}", layer.self_attn, layer.encoder_attn
+        zero = np.zeros_like(arr(a.q_proj.bias))
+        v[f"{s}/self_attention/linear_0/weight"] = np.concatenate(
+            [arr(a.q_proj.weight), arr(a.k_proj.weight), arr(a.v_proj.weight)]
+        )
+        v[f"{s}/self_attention/linear_0/bias"] = np.concatenate(
+            [arr(a.q_proj.bias), zero, arr(a.v_proj.bias)]
+        )
+        v[f"{s}/attention/linear_1/weight"] = np.concatenate(
+            [arr(c.k_proj.weight), arr(c.v_proj.weight)]
+        )
+        v[f"{s}/attention/linear_1/bias"] = np.concatenate([zero, arr(c.v_proj.bias)])
+        pairs = {
+            "self_attention/linear_1": a.out_proj,
+            "attention/linear_0": c.q_proj,
+            "attention/linear_2": c.out_proj,
+            "ffn/linear_0": layer.fc1,
+            "ffn/linear_1": layer.fc2,
+        }
+        for name, lin in pairs.items():
+            v[f"{s}/{name}/weight"], v[f"{s}/{name}/bias"] = arr(lin.weight), arr(lin.bias)
+        norms = {
+            "self_attention/layer_norm": layer.self_attn_layer_norm,
+            "attention/layer_norm": layer.encoder_attn_layer_norm,
+            "ffn/layer_norm": layer.final_layer_norm,
+        }
+        for name, ln in norms.items():
+            v[f"{s}/{name}/gamma"], v[f"{s}/{name}/beta"] = arr(ln.weight), arr(ln.bias)
+    return v
+
+
+@pytest.mark.parametrize("quantization", ["float32", "float16"])
+def test_ctranslate2_decoder_loads_the_same_weights(tiny, tmp_path, quantization):
+    model, ours = tiny
+    variables = {**ct2_variables(model.model), **ct2_decoder_variables(model)}
+    kept, aliases = _aliases(variables)
+    serialize_ct2(tmp_path / "model.bin", _quantize(kept, quantization), aliases)
+    loaded = load_whisper_decoder(tmp_path, PROMPT)
+    tol = 0 if quantization == "float32" else 1e-3
+    for name, tensor in ours.state_dict().items():
+        assert torch.allclose(loaded.state_dict()[name], tensor, atol=tol, rtol=tol), name
+
+
+def test_weights_without_a_decoder_are_refused(tmp_path):
+    model = randomized()
+    serialize_ct2(tmp_path / "model.bin", *_aliases(ct2_variables(model.model)))
+    with pytest.raises(ValueError, match="decoder"):
+        load_whisper_decoder(tmp_path, PROMPT)

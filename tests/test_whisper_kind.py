@@ -1,0 +1,137 @@
+"""`model.decoder.kind: whisper` end to end on a tiny random Whisper: its tokenizer, r_max, a
+checkpoint that `Whisfusion.from_checkpoint` rebuilds and decodes with PDD."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer as HFTokenizer
+from tokenizers import decoders, models, pre_tokenizers
+from transformers import WhisperForConditionalGeneration
+
+from tests.model_fixtures import CONFIGS, save_checkpoint
+from tests.whisper_fixtures import tiny_whisper_config
+from whisfusion.canvas import r_max_rule
+from whisfusion.config import load_config
+from whisfusion.decoders import build_tokenizer
+from whisfusion.encoder import build_encoder
+from whisfusion.model import Whisfusion
+from whisfusion.tokenizer import tokenizer_from_bytes
+from whisfusion.whisper_tokenizer import WhisperTokenizer, whisper_r_max
+
+LANGS = ["en", "de", "zh"]
+SPECIALS = [
+    "<|endoftext|>",
+    "<|startoftranscript|>",
+    *[f"<|{lang}|>" for lang in ["en", "zh", "de", "es"]],
+    "<|transcribe|>",
+    "<|notimestamps|>",
+]
+
+
+def byte_level_json() -> str:
+    """A byte-level BPE tokenizer.json shaped like Whisper's: 256 byte tokens, no merges, then
+    the special tokens."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = HFTokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(SPECIALS)
+    return tok.to_str()
+
+
+@pytest.fixture(scope="module")
+def weights_dir(tmp_path_factory) -> Path:
+    """A tiny random Whisper (Hugging Face layout) with a tokenizer.json beside it."""
+    directory = tmp_path_factory.mktemp("tiny-whisper")
+    (directory / "tokenizer.json").write_text(byte_level_json())
+    cfg = tiny_whisper_config()
+    cfg.vocab_size = 256 + len(SPECIALS)
+    cfg.max_target_positions = 40
+    torch.manual_seed(0)
+    WhisperForConditionalGeneration(cfg).save_pretrained(directory, safe_serialization=True)
+    return directory
+
+
+def test_tokenizer_round_trip_and_specials(weights_dir):
+    tok = WhisperTokenizer.from_weights(weights_dir, LANGS)
+    text = "Größe 大 ok."
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert ids[0] == tok.encode("a")[0]  # the leading space Whisper's transcripts begin with
+    assert (tok.vocab_size, tok.mask_id, tok.eos_id) == (264, 264, 256)
+    assert tok.lang_id("de") == 260 and tok.id_to_lang(260) == "de"
+    assert tok.id_to_lang(ids[1]) is None
+    assert tok.is_special(tok.eos_id) and not tok.is_special(ids[1])
+    assert tok.decode([tok.lang_id("en"), *ids, tok.eos_id, tok.mask_id]) == text
+    again = tokenizer_from_bytes(tok.to_bytes())
+    assert isinstance(again, WhisperTokenizer)
+    assert again.languages == LANGS and again.encode(text) == ids
+
+
+def test_a_language_whisper_lacks_is_refused(weights_dir):
+    with pytest.raises(ValueError, match="<\\|xx\\|>"):
+        WhisperTokenizer.from_weights(weights_dir, ["en", "xx"])
+
+
+def test_r_max_in_whisper_tokens(weights_dir, tmp_path):
+    tok = WhisperTokenizer.from_weights(weights_dir, LANGS)
+    train = tmp_path / "manifests" / "train"
+    train.mkdir(parents=True)
+    rows = [
+        {"id": f"u{i}", "audio": "x.flac", "text": "ab" * (i + 1), "lang": "en", "duration": 1.0}
+        for i in range(100)
+    ]
+    (train / "en.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    # " abab..." is 1 + 2 (i + 1) byte tokens a second; the 99th percentile of i is 98.01
+    assert whisper_r_max(tmp_path, tok) == r_max_rule(1 + 2 * 99.01) == 199.5
+    with pytest.raises(ValueError, match="manifests"):
+        whisper_r_max(tmp_path / "none", tok)
+
+
+def whisper_model(weights_dir: Path, overrides=()) -> Whisfusion:
+    cfg = load_config(
+        CONFIGS / "tiny.yaml",
+        [
+            "model.decoder.kind=whisper",
+            f"model.encoder.source={weights_dir}",
+            "model.encoder.output_layer=0",
+            "model.canvas.r_max=8",
+            "model.canvas.max_len=37",
+            f"model.tokenizer.languages=[{','.join(LANGS)}]",
+            *overrides,
+        ],
+    )
+    encoder = build_encoder(cfg.model.encoder, fallback=False)
+    return Whisfusion(cfg, build_tokenizer(cfg, encoder), encoder).eval()
+
+
+def test_checkpoint_rebuilds_and_decodes_with_pdd(weights_dir, tmp_path):
+    model = whisper_model(weights_dir)
+    with torch.no_grad():
+        model.decoder.mask_embed.add_(1.0)  # a trained-looking change the checkpoint must carry
+    path = save_checkpoint(model, tmp_path / "w.ckpt")
+    again = Whisfusion.from_checkpoint(path)
+    assert isinstance(again.tokenizer, WhisperTokenizer)
+    assert torch.equal(again.decoder.mask_embed, model.decoder.mask_embed)
+    audio = torch.randn(2, 16000) * 0.1
+    feats, valid = again.encode(audio, torch.tensor([16000, 8000]))
+    out = again.decode_features(feats, valid, [1.0, 0.5], ["en", None])
+    assert len(out) == 2 and out[0].language == "en"
+    assert all(isinstance(t.text, str) for t in out)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.encoder.output_layer=1", "output_layer"),
+        ("model.canvas.max_len=38", "max_len"),
+        ("model.decoder.align_hidden=16", "align_hidden"),
+    ],
+)
+def test_settings_the_whisper_decoder_cannot_honour(weights_dir, override, message):
+    with pytest.raises(ValueError, match=message):
+        whisper_model(weights_dir, [override])

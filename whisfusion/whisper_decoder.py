@@ -1,0 +1,250 @@
+"""The diffusion decoder started from Whisper's own pretrained decoder (`model.decoder.kind:
+whisper`).
+
+Whisper's decoder (token and learned position embeddings, pre-LayerNorm blocks of self-attention,
+cross-attention and a GELU MLP, a final LayerNorm, an output layer tied to the token embedding) is
+kept as it is, with three changes that turn an autoregressive model into a masked denoiser, as
+DiffuLLaMA and Dream adapt autoregressive language models:
+
+- self-attention is bidirectional (a causal mask remains available, `causal=True`, to check the
+  loaded weights against Whisper's own decoding);
+- one extra input embedding for [MASK] (id = vocab_size), initialised to the mean of the text
+  token embeddings: the input that says "some token" without favouring one, at the scale of the
+  rows the blocks were trained on; the output layer has only the vocab_size classes of Whisper's
+  embedding, so [MASK] can never be predicted;
+- Dream's shift: the output at position i predicts the token at i + 1, as Whisper was trained.
+  The decoder feeds Whisper's own prompt inside: `<|startoftranscript|> <|xx|> <|transcribe|>
+  <|notimestamps|> t1 .. tn <|endoftext|> ...`, so the canvas's language token (position 0) is
+  predicted from <|startoftranscript|>, text token j from the position before it, as in
+  Whisper's decoding. Outside this module the canvas format is the common one
+  (`whisfusion.canvas`).
+
+Cross-attention keys/values depend on the audio only: `cross_cache` computes them once per
+utterance and `forward` reuses them for K candidate rows by folding the rows into the query
+length of one attention call (queries never interact in cross-attention, so this is exact).
+Frames after each clip's end are masked out of cross-attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from whisfusion.encoder.model import MultiHeadSelfAttention
+
+# Whisper's own LayerNorm epsilon (openai-whisper and transformers).
+LAYER_NORM_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class WhisperDecoderDims:
+    vocab_size: int  # rows of Whisper's token embedding (= output classes)
+    n_ctx: int  # learned positions (448 for every released Whisper)
+    width: int
+    heads: int
+    layers: int
+    mlp_width: int
+
+
+@dataclass(frozen=True)
+class WhisperPrompt:
+    """Whisper's special ids around the canvas: `sot lang task notimestamps text...`."""
+
+    sot: int
+    task: int  # <|transcribe|>
+    no_timestamps: int
+
+
+@dataclass
+class WhisperCrossCache:
+    """keys, values: one (N, H, S, Dh) tensor per block; key_valid: (N, S) bool, True on frames
+    that cover real audio."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    key_valid: torch.Tensor
+
+    @property
+    def batch(self) -> int:
+        return self.key_valid.shape[0]
+
+
+class Attention(MultiHeadSelfAttention):
+    """Whisper's attention (q and v with bias, k without, as in its encoder), used here with a
+    padding mask for self-attention and with cached keys/values for cross-attention."""
+
+    def split(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, H, L, Dh)."""
+        b, length, _ = x.shape
+        return x.view(b, length, self.heads, -1).transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k, v, mask, causal: bool = False) -> torch.Tensor:
+        """q (B, H, Lq, Dh), k/v (B, H, S, Dh), mask broadcastable to (B, H, Lq, S) bool
+        (True = attend) or None -> (B, Lq, D) after the output projection."""
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        b, _, length, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, length, -1))
+
+
+class Block(nn.Module):
+    def __init__(self, dims: WhisperDecoderDims):
+        super().__init__()
+        self.attn_ln = nn.LayerNorm(dims.width, eps=LAYER_NORM_EPS)
+        self.attn = Attention(dims.width, dims.heads)
+        self.cross_attn_ln = nn.LayerNorm(dims.width, eps=LAYER_NORM_EPS)
+        self.cross_attn = Attention(dims.width, dims.heads)
+        self.mlp_ln = nn.LayerNorm(dims.width, eps=LAYER_NORM_EPS)
+        self.mlp = nn.Sequential(
+            nn.Linear(dims.width, dims.mlp_width), nn.GELU(), nn.Linear(dims.mlp_width, dims.width)
+        )
+
+    def forward(self, x, self_mask, k, v, key_mask, causal: bool):
+        """x (N*K, L, D); k, v (N, H, S, Dh); key_mask (N, 1, 1, S) -> (N*K, L, D)."""
+        h = self.attn_ln(x)
+        a = self.attn
+        x = x + a.attend(
+            a.split(a.query(h)), a.split(a.key(h)), a.split(a.value(h)), self_mask, causal
+        )
+        rows, length, width = x.shape
+        n = k.shape[0]
+        c = self.cross_attn
+        # K rows of an utterance become one query sequence of K*L against its cached keys
+        q = c.split(c.query(self.cross_attn_ln(x)).view(n, -1, width))
+        x = x + c.attend(q, k, v, key_mask).view(rows, length, width)
+        return x + self.mlp(self.mlp_ln(x))
+
+
+class WhisperDenoiser(nn.Module):
+    """Masked-diffusion denoiser p(x_0 | x_t, audio) with Whisper's decoder inside.
+
+    Build with `whisfusion.whisper_weights.load_whisper_decoder` to start from pretrained weights.
+    """
+
+    # no CTC alignment head: that prior extends the paper's decoder only
+    align = None
+
+    def __init__(self, dims: WhisperDecoderDims, prompt: WhisperPrompt):
+        super().__init__()
+        self.dims, self.prompt = dims, prompt
+        self.vocab_size = dims.vocab_size
+        self.token_embedding = nn.Embedding(dims.vocab_size, dims.width)
+        self.mask_embed = nn.Parameter(torch.zeros(dims.width))
+        self.positional_embedding = nn.Parameter(torch.zeros(dims.n_ctx, dims.width))
+        self.blocks = nn.ModuleList(Block(dims) for _ in range(dims.layers))
+        self.ln = nn.LayerNorm(dims.width, eps=LAYER_NORM_EPS)
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+    @property
+    def head(self) -> nn.Embedding:
+        """The output layer: Whisper's token embedding, tied (its `.weight` is (V, D))."""
+        return self.token_embedding
+
+    @property
+    def max_canvas(self) -> int:
+        """Longest canvas: Whisper's positions less the three prompt tokens around it."""
+        return self.dims.n_ctx - 3
+
+    def init_mask_embedding(self) -> None:
+        """[MASK] = mean embedding of the ordinary text tokens (ids below the first special,
+        <|endoftext|> = sot - 1): no token favoured, the scale of a real input row."""
+        with torch.no_grad():
+            self.mask_embed.copy_(
+                self.token_embedding.weight[: self.prompt.sot - 1].float().mean(0)
+            )
+
+    def cross_cache(self, features: torch.Tensor, valid: torch.Tensor) -> WhisperCrossCache:
+        """features (N, S, E) encoder output (its last block, through the final LayerNorm),
+        valid (N, S) bool -> per-block keys/values (N, H, S, Dh)."""
+        keys, values = [], []
+        for blk in self.blocks:
+            c = blk.cross_attn
+            keys.append(c.split(c.key(features)))
+            values.append(c.split(c.value(features)))
+        return WhisperCrossCache(keys, values, valid)
+
+    @staticmethod
+    def around_prompt(canvas: torch.Tensor, sot, task, no_timestamps) -> torch.Tensor:
+        """Canvas rows (B, L) -> Whisper's sequence (B, L + 3): `sot canvas[0] task
+        no_timestamps canvas[1:]` (ids, or the validity of each position)."""
+        b = canvas.shape[0]
+        first = canvas.new_full((b, 1), sot)
+        mid = canvas.new_tensor([task, no_timestamps]).expand(b, 2)
+        return torch.cat([first, canvas[:, :1], mid, canvas[:, 1:]], dim=1)
+
+    def hidden(
+        self,
+        ids: torch.Tensor,
+        cache: WhisperCrossCache,
+        valid: torch.Tensor | None = None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        """Whisper's decoder on its own sequence: ids (N*K, L') with [MASK] = vocab_size, valid
+        (N*K, L') bool or None -> final hidden states (N*K, L', D)."""
+        rows, length = ids.shape
+        if rows % cache.batch:
+            raise ValueError(f"{rows} canvas rows do not group onto {cache.batch} utterances")
+        if length > self.dims.n_ctx:
+            raise ValueError(
+                f"canvas of {length - 3} positions is longer than the Whisper decoder's maximum "
+                f"{self.max_canvas} (model.canvas.max_len)"
+            )
+        is_mask = ids == self.mask_id
+        x = self.token_embedding(ids.masked_fill(is_mask, 0))
+        x = torch.where(is_mask[..., None], self.mask_embed.to(x.dtype), x)
+        x = x + self.positional_embedding[:length].to(x.dtype)
+        self_mask = None if valid is None or causal else valid[:, None, None, :]
+        key_mask = cache.key_valid[:, None, None, :]
+        for blk, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
+            x = blk(x, self_mask, k, v, key_mask, causal)
+        return self.ln(x)
+
+    def canvas_hidden(
+        self,
+        tokens: torch.Tensor,
+        cache: WhisperCrossCache,
+        canvas_valid: torch.Tensor | None,
+        causal: bool = False,
+    ) -> torch.Tensor:
+        """Hidden states that predict each canvas position: tokens (N*K, L) -> (N*K, L, D).
+
+        Canvas position 0 (language) is read at <|startoftranscript|>, position j >= 1 at the
+        Whisper position before text token j (Dream's shift).
+        """
+        valid = None
+        if canvas_valid is not None:
+            valid = self.around_prompt(canvas_valid, True, True, True)
+        p = self.prompt
+        ids = self.around_prompt(tokens, p.sot, p.task, p.no_timestamps)
+        h = self.hidden(ids, cache, valid, causal)
+        length = tokens.shape[1]
+        return torch.cat([h[:, :1], h[:, 3 : length + 2]], dim=1)
+
+    def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., vocab_size) float logits through the tied output layer."""
+        return (hidden @ self.token_embedding.weight.to(hidden.dtype).T).float()
+
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: WhisperCrossCache,
+        canvas_valid: torch.Tensor | None = None,
+        align_weight: None = None,
+    ) -> torch.Tensor:
+        """Logits for every canvas position.
+
+        Args:
+            tokens: (N*K, L) canvas ids, [MASK] = vocab_size; K rows per cached utterance,
+                utterance-major (row n*K + k belongs to utterance n).
+            cache: cross-attention keys/values of N utterances (`cross_cache`).
+            canvas_valid: (N*K, L) bool, False beyond each row's own canvas.
+            align_weight: None (there is no alignment head to weigh).
+        Returns:
+            (N*K, L, vocab_size) float logits.
+        """
+        return self.logits_at(self.canvas_hidden(tokens, cache, canvas_valid))
