@@ -157,14 +157,22 @@ class RankAgreement(Callback):
 
     Args:
         config_yaml, tokenizer: the resolved run config and the tokenizer model bytes.
-        shards: the training shards (`train_shard_listing`); every rank draws from all of
-            them, each with its own stream seed (see `whisfusion.data.stream`).
+        shards: the training shards (`train_shard_listing`); every stream of every rank draws
+            from all of them with replacement (see `whisfusion.data.stream`).
         plan: the batch plan, for the summary.
+        workers: DataLoader workers per rank, one stream each (data.num_workers).
     """
 
-    def __init__(self, config_yaml: str, tokenizer: bytes, shards: Sequence[str], plan: BatchPlan):
+    def __init__(
+        self,
+        config_yaml: str,
+        tokenizer: bytes,
+        shards: Sequence[str],
+        plan: BatchPlan,
+        workers: int = 1,
+    ):
         self.fingerprint = fingerprint(config_yaml, tokenizer, shards)
-        self.shards, self.plan = list(shards), plan
+        self.shards, self.plan, self.workers = list(shards), plan, max(1, workers)
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
@@ -187,7 +195,9 @@ class RankAgreement(Callback):
             )
         print(
             f"whisfusion: rank {trainer.global_rank}/{trainer.world_size} "
-            f"(node {trainer.node_rank}, local {trainer.local_rank}) draws from "
-            f"{len(self.shards)} training shards with its own stream seed",
+            f"(node {trainer.node_rank}, local {trainer.local_rank}) reads "
+            f"{self.workers} stream(s), one per data worker, each drawing shards with "
+            f"replacement from all {len(self.shards)} training shards and keeping every sample "
+            "it reads; seeded by (data.seed, rank, worker, resume count)",
             flush=True,
         )

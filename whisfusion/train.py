@@ -145,7 +145,11 @@ def run_training(cfg: RunConfig) -> Path:
         LearningRateMonitor(logging_interval="step"),
         DataStatsLogger(cfg.trainer.log_every_n_steps),
         RankAgreement(
-            config_to_yaml(cfg), tokenizer.to_bytes(), train_shard_listing(cfg.data), plan
+            config_to_yaml(cfg),
+            tokenizer.to_bytes(),
+            train_shard_listing(cfg.data),
+            plan,
+            workers=cfg.data.num_workers,
         ),
     ]
     if cfg.trainer.ema_decay > 0:

@@ -64,6 +64,30 @@ def select_shards(index: dict, root: Path, split: str, pattern: str) -> list[dic
     return entries
 
 
+def warn_few_shards(
+    shards: dict[str, list[str]], weights: dict[str, float], n_streams: int
+) -> list[str]:
+    """Warn about the drawn languages with fewer shards than (rank, worker) streams.
+
+    Nothing is read twice for it, but streams then often read the same shard at the same time,
+    so one rank's batches and its neighbours' hold utterances of the same few shards. Returns
+    the languages warned about.
+    """
+    few = sorted(
+        lang for lang, p in shards.items() if weights.get(lang, 0) > 0 and len(p) < n_streams
+    )
+    if few:
+        log.warning(
+            "%d training stream(s) (ranks x data.num_workers) but fewer shards in %s: streams "
+            "will often read the same shard at once; prepare the data with "
+            "`--streams %d` (data_prep) for at least one shard per stream",
+            n_streams,
+            ", ".join(f"{lang} ({len(shards[lang])})" for lang in few),
+            n_streams,
+        )
+    return few
+
+
 class WhisfusionDataModule(L.LightningDataModule):
     """Streaming training batches and exactly-once validation batches for every rank."""
 
@@ -128,9 +152,10 @@ class WhisfusionDataModule(L.LightningDataModule):
                 hours[lang] = hours.get(lang, 0.0) + e["hours"]
         weights = language_weights(hours, self.cfg.language_temperature, self.cfg.language_weights)
         log.info(
-            "training languages (weight): %s",
-            ", ".join(f"{lang} {w:.3f}" for lang, w in sorted(weights.items())),
+            "training languages (weight, shards): %s",
+            ", ".join(f"{lang} {w:.3f} {len(shards[lang])}" for lang, w in sorted(weights.items())),
         )
+        warn_few_shards(shards, weights, self.world_size * max(1, self.cfg.num_workers))
         stream = TrainStream(
             shards,
             weights,
@@ -141,7 +166,6 @@ class WhisfusionDataModule(L.LightningDataModule):
             shuffle_buffer=self.cfg.shuffle_buffer,
             seed=self.cfg.seed,
             rank=self.rank,
-            world_size=self.world_size,
             resume_count=self.resume_count,
         )
         return self._loader(stream, persistent=False)
