@@ -26,7 +26,6 @@ from whisfusion.data import stream
 from whisfusion.data.datamodule import WhisfusionDataModule
 from whisfusion.tokenizer import Tokenizer
 
-
 FROM_TARS = multiprocessing.Value("q", 0)
 _iter_shard = stream.iter_shard
 
