@@ -18,12 +18,14 @@ import hashlib
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback
 
+# Checkpoint key of the batch plan that trained it.
+BATCH_PLAN_KEY = "batch_plan"
 # Parts of a rank's fingerprint, in gather order.
 FINGERPRINT_PARTS = ("config", "tokenizer", "shards")
 
@@ -48,6 +50,9 @@ class BatchPlan:
     @property
     def global_batch(self) -> int:
         return self.per_device * self.accumulate * self.world_size
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "global_batch": self.global_batch}
 
 
 def plan_batches(global_batch: int, world_size: int, max_per_device: int) -> BatchPlan:
@@ -173,6 +178,10 @@ class RankAgreement(Callback):
     ):
         self.fingerprint = fingerprint(config_yaml, tokenizer, shards)
         self.shards, self.plan, self.workers = list(shards), plan, max(1, workers)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # how this checkpoint's steps were made; a resumed run may use another plan
+        checkpoint[BATCH_PLAN_KEY] = self.plan.as_dict()
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":

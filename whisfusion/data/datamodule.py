@@ -99,7 +99,9 @@ class WhisfusionDataModule(L.LightningDataModule):
         *,
         rank: int | None = None,
         world_size: int | None = None,
+        batch_size: int | None = None,
     ):
+        """`batch_size`: utterances per device batch (the batch plan's); None = data.batch_size."""
         super().__init__()
         if not data_cfg.root:
             raise ValueError("data.root is empty: point it at a directory written by data_prep")
@@ -108,6 +110,7 @@ class WhisfusionDataModule(L.LightningDataModule):
         self.decoder = ExampleDecoder(tokenizer, canvas_cfg, data_cfg.max_duration)
         self.rank = rank
         self.world_size = world_size
+        self.batch_size = batch_size or data_cfg.batch_size
         # Times this run has been resumed from a checkpoint (0 = fresh start).
         self.resume_count = 0
         self._totals = {"train": DataStats(), "val": DataStats()}
@@ -160,7 +163,7 @@ class WhisfusionDataModule(L.LightningDataModule):
             shards,
             weights,
             self.decoder,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.batch_size,
             max_batch_seconds=self.cfg.max_batch_seconds,
             bucket_edges=self.cfg.bucket_edges,
             shuffle_buffer=self.cfg.shuffle_buffer,
@@ -177,7 +180,7 @@ class WhisfusionDataModule(L.LightningDataModule):
             [(e["path"], e["samples"], e["languages"][0]) for e in entries],
             self.cfg.val_max_per_language,
         )
-        batches = plan_validation(positions, self.rank, self.world_size, self.cfg.batch_size)
+        batches = plan_validation(positions, self.rank, self.world_size, self.batch_size)
         stream = ValidStream(batches, self.decoder, positions)
         return self._loader(stream, persistent=True)
 

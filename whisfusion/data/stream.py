@@ -33,6 +33,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from whisfusion.data import stats as S
 from whisfusion.data.samples import Example, ExampleDecoder, collate
 from whisfusion.data.shards import iter_shard
+from whisfusion.seeding import mixed_seed
 
 # A language stream whose last this-many shard draws (at least 4 per shard) all failed has no
 # readable shard left: stop with an error instead of spinning forever.
@@ -67,12 +68,6 @@ def language_weights(
         raise ValueError(f"language weights must be >= 0 with a positive sum, got {raw}")
     total = sum(raw.values())
     return {lang: w / total for lang, w in raw.items()}
-
-
-def stream_seed(seed: int, rank: int, worker: int, resume_count: int) -> int:
-    """A 64-bit seed, different for every (seed, rank, worker, resume count)."""
-    state = np.random.SeedSequence([seed, rank, worker, resume_count]).generate_state(2)
-    return int(state[0]) << 32 | int(state[1])
 
 
 def _worker() -> tuple[int, int]:
@@ -180,7 +175,7 @@ class TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, _ = _worker()
-        rng = random.Random(stream_seed(self.seed, self.rank, worker, self.resume_count))
+        rng = random.Random(mixed_seed(self.seed, self.rank, worker, self.resume_count))
         stats = S.DataStats()
         streams = {
             lang: _resampled(lang, paths, random.Random(rng.getrandbits(64)), stats)
