@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from model_fixtures import tiny_model
 
+from whisfusion.data.samples import HOST_LENGTHS
 from whisfusion.encoder.windows import trim_to_audio
 from whisfusion.lightning_module import WhisfusionModule
 
@@ -29,3 +30,13 @@ def test_cutting_a_30_s_window_to_the_audio_changes_no_loss():
     # the step's own path cuts: what it reads equals the cut above
     got, got_valid = module.features({"audio": audio, "audio_lens": lens})
     assert torch.equal(got, cut) and torch.equal(got_valid, cut_valid)
+
+
+def test_host_lengths_give_the_same_features_as_device_lengths():
+    module = WhisfusionModule(tiny_model(["model.encoder.window=trim"]))
+    g = torch.Generator().manual_seed(0)
+    lens = torch.tensor([8000, 40000])
+    audio = torch.randn(2, 40000, generator=g) * (torch.arange(40000) < lens[:, None])
+    plain = module.features({"audio": audio, "audio_lens": lens})
+    hosted = module.features({"audio": audio, "audio_lens": lens, HOST_LENGTHS: lens.tolist()})
+    assert all(torch.equal(a, b) for a, b in zip(plain, hosted, strict=True))

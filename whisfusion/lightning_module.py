@@ -12,6 +12,7 @@ from whisfusion.alignment import ctc_loss, ctc_targets
 from whisfusion.callbacks.nonfinite import NonFiniteGuard, gradient_norm
 from whisfusion.config import RunConfig
 from whisfusion.data.feature_cache import FeatureCache
+from whisfusion.data.samples import HOST_LENGTHS
 from whisfusion.encoder.windows import trim_to_audio
 from whisfusion.model import CHECKPOINT_KEY, Whisfusion
 from whisfusion.optim import build_optimizer
@@ -54,7 +55,10 @@ class WhisfusionModule(L.LightningModule):
         if "features" in batch:
             return batch["features"], batch["feature_valid"]
         if self.feature_cache is None:
-            feats, valid = self.model.encode(batch["audio"], batch["audio_lens"])
+            lens = batch["audio_lens"]
+            if HOST_LENGTHS in batch:  # the same lengths, without a device-to-host wait
+                lens = torch.tensor(batch[HOST_LENGTHS], dtype=torch.long)
+            feats, valid = self.model.encode(batch["audio"], lens)
             return trim_to_audio(feats, valid, batch["audio"].shape[1])
         return self._cached_features(batch)
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from whisfusion.callbacks.preemption import ignore_stop_signals
 from whisfusion.config import CanvasConfig, DataConfig
-from whisfusion.data.samples import ExampleDecoder
+from whisfusion.data.samples import HOST_LENGTHS, ExampleDecoder
 from whisfusion.data.shards import read_index
 from whisfusion.data.stats import DataStats, StatsReport
 from whisfusion.data.stream import (
@@ -189,11 +189,13 @@ class WhisfusionDataModule(L.LightningDataModule):
             self.setup()
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Add the counts a worker shipped in the batch to this rank's totals."""
+        """Add the counts a worker shipped in the batch to this rank's totals; keep a host copy
+        of the audio lengths (a list, which stays on the host), so that the encoder plans its
+        windows without waiting for the device."""
         trainer = self.trainer
         split = "train" if trainer is not None and trainer.training else "val"
         self._totals[split].merge(batch["stats"])
-        return batch
+        return {**batch, HOST_LENGTHS: batch["audio_lens"].tolist()}
 
     def stats(self) -> StatsReport:
         """This rank's totals since construction: read, kept and skipped by reason."""
