@@ -37,20 +37,24 @@ from whisfusion.tokenizer import Tokenizer
 torch.set_num_threads(1)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("stream")
-    tone_corpus(root / "corpus", {"en": (12, 7), "de": (9, 6)})
+def prepared(root: Path, per_lang: dict[str, tuple[int, int]]) -> Path:
+    """A data directory of tone utterances (train, valid counts per language), 3 per shard."""
+    tone_corpus(root / "corpus", per_lang)
     settings = PrepSettings(
         out=root / "data",
         sources=[Source("jsonl", root / "corpus", ["train"], ["valid"])],
-        languages=["en", "de"],
+        languages=list(per_lang),
         vocab_size=320,
         shard_samples=3,
         jobs=1,
     )
     run(settings)
     return root / "data"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return prepared(tmp_path_factory.mktemp("stream"), {"en": (12, 7), "de": (9, 6)})
 
 
 def canvas_cfg(root: Path) -> CanvasConfig:
@@ -164,18 +168,7 @@ def test_training_streams_differ_by_rank_and_resume_but_repeat_by_seed(data):
 @pytest.fixture(scope="module")
 def three_shards(tmp_path_factory) -> Path:
     """2 languages x 3 training shards of 3 samples."""
-    root = tmp_path_factory.mktemp("three")
-    tone_corpus(root / "corpus", {"en": (9, 1), "de": (9, 1)})
-    settings = PrepSettings(
-        out=root / "data",
-        sources=[Source("jsonl", root / "corpus", ["train"], ["valid"])],
-        languages=["en", "de"],
-        vocab_size=320,
-        shard_samples=3,
-        jobs=1,
-    )
-    run(settings)
-    return root / "data"
+    return prepared(tmp_path_factory.mktemp("three"), {"en": (9, 1), "de": (9, 1)})
 
 
 def test_every_sample_read_is_trained_on_with_more_streams_than_shards(three_shards):
