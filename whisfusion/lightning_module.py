@@ -166,8 +166,11 @@ class WhisfusionModule(L.LightningModule):
     def on_before_optimizer_step(self, optimizer) -> None:
         # A step with a non-finite loss changes nothing: AdamW skips parameters without a
         # gradient (see whisfusion.callbacks.nonfinite). DDP has already averaged the gradients,
-        # so every rank sees the same norm and takes the same branch without a collective.
-        if not torch.isfinite(gradient_norm(self.model.decoder)):
+        # so every rank sees the same norm and takes the same branch without a collective; the
+        # one host read is per optimizer step, not per micro-batch. Under 16-mixed the gradient
+        # scaler skips overflowing steps itself (and lowers its scale): not counted here.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None and not torch.isfinite(gradient_norm(self.model.decoder)):
             self.nonfinite.flag()
         if self.nonfinite.finish_step(self.global_step):
             optimizer.zero_grad(set_to_none=True)
