@@ -20,7 +20,7 @@ NODES ?= 1
 GPUS ?= 8
 SLURM_ARGS ?=
 
-.PHONY: setup espeak test quicktest train data slurm lint tensorboard bench clean-venv
+.PHONY: setup espeak test quicktest train data slurm lint tensorboard bench bench-train clean-venv
 
 setup: $(STAMP)
 
@@ -66,6 +66,12 @@ tensorboard: setup
 # Decoding-speed benchmark, CPU profile (minutes): writes bench/out/, updates bench/RESULTS.md.
 bench: setup espeak
 	$(PY) -m bench.decoding
+
+# Training-throughput benchmark (minutes): step time by part, samples/s, data workers; writes
+# bench/out/training-<profile>.{json,md}. PROFILE=gpu times the paper's shapes on a GPU.
+PROFILE ?= cpu
+bench-train: setup
+	$(PY) -m bench.training --profile $(PROFILE)
 
 clean-venv:
 	rm -rf $(VENV)
