@@ -18,7 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from whisfusion.config import DecodeConfig, DecoderConfig, load_config
+from whisfusion.precision import resolve_dtype
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -133,6 +136,7 @@ class Profile:
     # Where every model runs.
     device: str
     # Autocast dtype (a torch dtype name) of every model timed; None = float32 throughout.
+    # The profiles take what `decode.dtype`'s default means on their device.
     autocast: str | None
     # The encoder whose output all decoders share.
     encoder: EncoderShape
@@ -198,6 +202,12 @@ class Profile:
         )
 
 
+def default_autocast(device: str) -> str | None:
+    """The autocast dtype name users decode with on `device` (`decode.dtype`'s default)."""
+    dtype = resolve_dtype(DecodeConfig().dtype, device)
+    return None if dtype == torch.float32 else str(dtype).removeprefix("torch.")
+
+
 LENGTHS = (16, 32, 64, 128, 256)
 BATCHES = (1, 16)
 
@@ -211,7 +221,7 @@ def cpu_profile() -> Profile:
     return Profile(
         name="cpu",
         device="cpu",
-        autocast=None,
+        autocast=default_autocast("cpu"),
         encoder=WHISPER_BASE_ENCODER,
         pdd=(
             PDDRun(pdd_shape("tiny"), small),
@@ -234,7 +244,7 @@ def gpu_profile() -> Profile:
     return Profile(
         name="gpu",
         device="cuda",
-        autocast="bfloat16",
+        autocast=default_autocast("cuda"),
         encoder=WHISPER_LARGE_V3_ENCODER,
         pdd=(PDDRun(pdd_shape("large"), grid(BATCHES, (1, 2, 4, 8), (1, 4, 8, 16))),),
         recommend_for="large",

@@ -43,6 +43,7 @@ from whisfusion.config import DecodeConfig
 from whisfusion.longform import merge_chunk_texts, plan_chunks
 from whisfusion.pdd import Transcript
 from whisfusion.pdd.select import METHODS
+from whisfusion.precision import decoding_precision, resolve_dtype
 from whisfusion.scoring.normalizers import unit_for
 
 if TYPE_CHECKING:
@@ -136,6 +137,7 @@ def with_overrides(base: DecodeConfig, **values) -> DecodeConfig:
         raise ValueError(
             f"selection method must be one of {', '.join(METHODS)}; got '{cfg.select}'"
         )
+    resolve_dtype(cfg.dtype, "cpu")  # raises for an unknown name
     return cfg
 
 
@@ -247,7 +249,7 @@ def _decode_batch(
         for row, chunk in enumerate(chunks):
             audio[row, : chunk.audio.numel()] = chunk.audio
         features, valid = model.encode(audio, lengths)
-    with times.stage("decode", model.device):
+    with times.stage("decode", model.device), decoding_precision(decode.dtype, model.device):
         return model.decode_features(
             features,
             valid,

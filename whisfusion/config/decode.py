@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 # How transcripts are read from the model: "pdd" (the diffusion decoder) or "ctc" (greedy
 # reading of the alignment head, for models with model.decoder.align_hidden > 0).
 DECODE_METHODS = ("pdd", "ctc")
+# Names `dtype` takes (whisfusion.precision says what each means on a device).
+DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -42,6 +44,10 @@ class DecodeConfig:
     seed: int = 0
     # Utterances per decoding batch in transcribe / evaluate.
     batch_size: int = 16
+    # Precision of the encoder and decoder at inference (transcribe, evaluate, validation,
+    # bench): "auto" = bfloat16 autocast on CUDA, float32 on the CPU (bf16 autocast measured
+    # slower there at batch 1; see whisfusion.precision), or "float32" / "bfloat16" / "float16".
+    dtype: str = "auto"
 
 
 @dataclass
