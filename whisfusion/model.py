@@ -30,6 +30,8 @@ from whisfusion.decoder import CrossCache, DiffusionDecoder
 from whisfusion.encoder import FrozenWhisperEncoder
 from whisfusion.language_vocab import LanguageVocabulary
 from whisfusion.pdd import Transcript, canvas_for, decode_result, options_from_config, pdd_decode
+from whisfusion.pdd.buckets import pad_to_bucket, trim_frames
+from whisfusion.pdd.compiled import FRAME_MULTIPLE, denoiser
 from whisfusion.tokenizer import Tokenizer
 from whisfusion.transcribe import AudioInput, FileTranscript, transcribe_audio
 
@@ -186,11 +188,17 @@ class Whisfusion(nn.Module):
         canvas, canvas_valid = canvas_for(
             lengths, self.tokenizer.mask_id, self.tokenizer.eos_id, lang_ids
         )
+        buckets = decode.canvas_buckets if decode.compile else ()
+        canvas, canvas_valid = pad_to_bucket(
+            canvas, canvas_valid, buckets, self.cfg.model.canvas.max_len, self.tokenizer.eos_id
+        )
         canvas, canvas_valid = canvas.to(self.device), canvas_valid.to(self.device)
         row_valid = canvas_valid.repeat_interleave(decode.candidates, dim=0)
+        features, valid = trim_frames(features, valid, FRAME_MULTIPLE if decode.compile else 1)
+        step = denoiser(self.decoder, decode.compile)
 
         def denoise(tokens: torch.Tensor, cache: CrossCache) -> torch.Tensor:
-            return self.decoder(tokens, cache, row_valid, decode.align_weight)
+            return step(tokens, cache, row_valid, decode.align_weight)
 
         result = pdd_decode(
             denoise,
