@@ -162,6 +162,15 @@ class Profile:
     max_time_s: float
     # Use the real Whisper-base weights when installed (and time faster-whisper on them).
     real_weights: bool
+    # End to end (bench.e2e): the whisfusion config whose pipeline is timed ...
+    e2e_config: str = "tiny"
+    # ... at these batch sizes (1 = one clip after another; the largest holds every clip) ...
+    e2e_batches: tuple[int, ...] = (1, 16)
+    # ... against Whisper-base in CTranslate2 at this compute type (None: not timed; it needs
+    # the real weights) ...
+    e2e_ct2: str | None = None
+    # ... and against the profile's AR shapes in Transformers with a static KV cache.
+    e2e_transformers: bool = False
 
     def __post_init__(self):
         if self.warmup < 1 or self.repeats < 1 or self.shape_warmup < 0:
@@ -237,6 +246,9 @@ def cpu_profile() -> Profile:
         repeats=3,
         max_time_s=3.0,
         real_weights=True,
+        e2e_config="demo",
+        # faster-whisper's usual CPU setting, its fastest here
+        e2e_ct2="int8",
     )
 
 
@@ -257,6 +269,8 @@ def gpu_profile() -> Profile:
         max_time_s=10.0,
         # no large-v3 weights ship on PyPI; a random encoder of the same shape costs the same
         real_weights=False,
+        e2e_config="large",
+        e2e_transformers=True,
     )
 
 
