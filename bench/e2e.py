@@ -32,8 +32,10 @@ import torch
 
 from bench.audio import SENTENCES, speech_clips, synthetic_clip
 from bench.machine import load_average
+from bench.profiles import EncoderShape
 from whisfusion.audio import SAMPLE_RATE
 from whisfusion.config import load_config
+from whisfusion.encoder import FrozenWhisperEncoder
 from whisfusion.model import Whisfusion, build_encoder
 from whisfusion.precision import decoding_precision
 from whisfusion.tokenizer import Tokenizer, train_tokenizer
@@ -97,17 +99,25 @@ def synthetic_tokenizer(vocab_size: int, languages: Sequence[str]) -> Tokenizer:
 
 
 def build_whisfusion(
-    config: str, device: torch.device, overrides: Sequence[str] = ()
+    config: str, device: torch.device, shape: EncoderShape, overrides: Sequence[str] = ()
 ) -> Whisfusion:
-    """The model of `configs/<config>.yaml` with a random decoder and its own encoder (random
-    when its weights are not here), on `device`, in eval mode."""
+    """The model of `configs/<config>.yaml` with a random decoder and its own encoder (a random
+    one of `shape` when its weights are not on this machine), on `device`, in eval mode."""
     cfg = load_config(
         CONFIGS / f"{config}.yaml",
         [f"model.canvas.r_max={R_MAX}", "decode.language_vocab_min_count=0", *overrides],
     )
     tok = synthetic_tokenizer(cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.languages)
+    enc = cfg.model.encoder
+    try:
+        encoder = build_encoder(enc)
+    except (FileNotFoundError, ValueError) as err:
+        log.warning("e2e: %s; timing a random encoder of the same shape", err)
+        encoder = FrozenWhisperEncoder.random(
+            shape.n_mels, shape.width, shape.layers, shape.heads, window=enc.window
+        )
     torch.manual_seed(0)
-    model = Whisfusion(cfg, tok, build_encoder(cfg.model.encoder))
+    model = Whisfusion(cfg, tok, encoder)
     return model.to(device).eval()
 
 
@@ -245,7 +255,9 @@ def run_e2e(
 
     device, batches = torch.device(profile.device), profile.e2e_batches
     clips, source = e2e_clips(clips_seconds)
-    model = build_whisfusion(profile.e2e_config, device, config_overrides)
+    model = build_whisfusion(
+        profile.e2e_config, device, profile.encoder, [*profile.e2e_overrides, *config_overrides]
+    )
     rows = []
     for batch in batches:
         log.info("e2e whisfusion batch %d", batch)

@@ -171,6 +171,8 @@ class Profile:
     e2e_ct2: str | None = None
     # ... and against the profile's AR shapes in Transformers with a static KV cache.
     e2e_transformers: bool = False
+    # Config overrides of the timed whisfusion pipeline (key=value).
+    e2e_overrides: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.warmup < 1 or self.repeats < 1 or self.shape_warmup < 0:
@@ -271,6 +273,8 @@ def gpu_profile() -> Profile:
         real_weights=False,
         e2e_config="large",
         e2e_transformers=True,
+        # at batch 1 a GPU decoder is bound by kernel launches: capture the steps
+        e2e_overrides=("decode.compile=true",),
     )
 
 
