@@ -207,25 +207,10 @@ def hf_transcriber(
 ) -> Callable[[list], object]:
     """Whisper of `shape` in Transformers (random weights, whole encoder), greedy `generate`
     with a static KV cache, AR_TOKENS_PER_S tokens per second of the longest clip."""
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
+    from bench.ar import build_whisper
     from whisfusion.audio import log_mel_spectrogram
 
-    config = WhisperConfig(
-        vocab_size=shape.vocab,
-        num_mel_bins=shape.n_mels,
-        d_model=shape.width,
-        decoder_layers=shape.layers,
-        decoder_attention_heads=shape.heads,
-        decoder_ffn_dim=shape.ffn,
-        encoder_layers=encoder_layers,
-        encoder_attention_heads=shape.heads,
-        encoder_ffn_dim=shape.ffn,
-    )
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = WhisperForConditionalGeneration._from_config(config, attn_implementation="sdpa")
-    model.eval()
+    model = build_whisper(shape, device, encoder_layers)
 
     def transcribe(clips: list) -> torch.Tensor:
         mels = torch.stack(

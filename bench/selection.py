@@ -23,7 +23,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from whisfusion.pdd.select import mbr_index, ranking_of, rover_units  # noqa: E402
+from whisfusion.pdd.select import backtrace, mbr_index, ranking_of, rover_units  # noqa: E402
 from whisfusion.scoring.normalizers import join_units, split_units  # noqa: E402
 
 # A CJK utterance of about 15 s: some 100 characters; 16 of them a decoding batch.
@@ -35,7 +35,7 @@ VOCAB = 32000
 
 
 def python_align(slots: list[list[str | None]], hyp: list[str]) -> list[tuple[int, int]]:
-    """The baseline alignment: the same costs and tie order as `select.align`, in pure Python."""
+    """The baseline alignment: `select.align`'s cost table filled cell by cell in Python."""
     m, n = len(slots), len(hyp)
     words = [set(slot) for slot in slots]
     cost = [[i + j if i == 0 or j == 0 else 0 for j in range(n + 1)] for i in range(m + 1)]
@@ -46,18 +46,7 @@ def python_align(slots: list[list[str | None]], hyp: list[str]) -> list[tuple[in
                 cost[i - 1][j] + 1,
                 cost[i][j - 1] + 1,
             )
-    pairs, i, j = [], m, n
-    while i or j:
-        if i and j and cost[i][j] == cost[i - 1][j - 1] + (hyp[j - 1] not in words[i - 1]):
-            i, j = i - 1, j - 1
-            pairs.append((i, j))
-        elif i and cost[i][j] == cost[i - 1][j] + 1:
-            i -= 1
-            pairs.append((i, -1))
-        else:
-            j -= 1
-            pairs.append((-1, j))
-    return pairs[::-1]
+    return backtrace(cost, words, hyp)
 
 
 def python_rover(texts: Sequence[str], ranking: list[int], unit: str) -> tuple[str, int]:

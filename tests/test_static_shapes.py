@@ -6,10 +6,10 @@ import weakref
 import pytest
 import torch
 
-from whisfusion.config import DecoderConfig, load_config
+from whisfusion.config import DecodeConfig, DecoderConfig, load_config
 from whisfusion.decoder import DiffusionDecoder
 from whisfusion.model import Whisfusion
-from whisfusion.pdd import canvas_for, compiled, pdd_decode
+from whisfusion.pdd import canvas_for, compiled, options_from_config, pdd_decode
 from whisfusion.pdd.buckets import bucket_length, pad_to_bucket, trim_frames
 from whisfusion.tokenizer import train_tokenizer
 
@@ -69,11 +69,7 @@ def test_bucketed_canvas_decodes_the_same_greedy_tokens():
             valid,
             mask_id=V,
             eos_id=1,
-            candidates=2,
-            steps=4,
-            remasking="low_confidence",
-            random_schedule=[1.0],
-            temperature=0.0,
+            **options_from_config(DecodeConfig(candidates=2, temperature=0.0)),
         )
         out.append(res.tokens[..., :10])
     assert out[1].shape == out[0].shape

@@ -116,12 +116,15 @@ def align_costs(slots: np.ndarray, hyp: Sequence[int]) -> np.ndarray:
 def align(slots: np.ndarray, hyp: Sequence[int]) -> list[tuple[int, int]]:
     """Edit-distance alignment of `hyp` to the slots (`align_costs`): (slot, unit) index pairs,
     -1 for "none" on either side, in order."""
-    cost = align_costs(slots, hyp).tolist()
-    sets = [set(row) for row in slots.tolist()]
+    return backtrace(align_costs(slots, hyp).tolist(), [set(row) for row in slots.tolist()], hyp)
+
+
+def backtrace(cost: list[list[int]], sets: list[set], hyp: Sequence) -> list[tuple[int, int]]:
+    """The alignment path through a full cost table (`align_costs`); `sets` holds each slot's
+    units. Ties prefer a match / substitution, then an empty slot, then a new slot."""
     pairs = []
     i, j = len(sets), len(hyp)
     while i or j:
-        # prefer a match / substitution, then an empty slot, then a new slot
         if i and j and cost[i][j] == cost[i - 1][j - 1] + (hyp[j - 1] not in sets[i - 1]):
             i, j = i - 1, j - 1
             pairs.append((i, j))
