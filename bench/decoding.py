@@ -8,6 +8,8 @@
 Same machine, same encoder output, same transcript lengths N for every decoder. Writes
 `decoding.json` (every measurement and the machine), `decoding.md` (tables and summary) and
 `decoding.png` (time against N) under --out, and replaces this profile's section of --results.
+Then the end-to-end comparison on 2-30 s clips (`bench.e2e`; `--no-e2e` skips it, `--e2e-only`
+runs it alone): `e2e.json`, `e2e.md` and the `<profile>-e2e` section of --results.
 """
 
 from __future__ import annotations

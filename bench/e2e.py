@@ -19,6 +19,7 @@ transformers  (CUDA) Hugging Face Whisper with a static KV cache (random weights
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -137,8 +138,7 @@ def time_whisfusion(model: Whisfusion, clips: Sequence[torch.Tensor], batch: int
         AudioSource(f"clip{i}", c.numel() / SAMPLE_RATE, lambda c=c: c, "en")
         for i, c in enumerate(clips)
     ]
-    decode = model.cfg.decode
-    decode = type(decode)(**{**vars(decode), "batch_size": batch})
+    decode = dataclasses.replace(model.cfg.decode, batch_size=batch)
     with torch.inference_mode():
         transcribe_sources(model, sources, decode)  # warm-up: every shape once
         times = StageTimes()
