@@ -19,7 +19,6 @@ transformers  (CUDA) Hugging Face Whisper with a static KV cache (random weights
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import random
@@ -36,8 +35,9 @@ from bench.machine import load_average
 from bench.profiles import EncoderShape
 from whisfusion.audio import SAMPLE_RATE
 from whisfusion.config import load_config
-from whisfusion.encoder import FrozenWhisperEncoder
-from whisfusion.model import Whisfusion, build_encoder
+from whisfusion.encoder import FrozenWhisperEncoder, build_encoder
+from whisfusion.model import Whisfusion
+from whisfusion.options import DecodeOptions
 from whisfusion.precision import decoding_precision
 from whisfusion.tokenizer import Tokenizer, train_tokenizer
 from whisfusion.transcribe import AudioSource, StageTimes, transcribe_sources
@@ -138,7 +138,7 @@ def time_whisfusion(model: Whisfusion, clips: Sequence[torch.Tensor], batch: int
         AudioSource(f"clip{i}", c.numel() / SAMPLE_RATE, lambda c=c: c, "en")
         for i, c in enumerate(clips)
     ]
-    decode = dataclasses.replace(model.cfg.decode, batch_size=batch)
+    decode = DecodeOptions.from_config(model.cfg.decode, batch_size=batch)
     with torch.inference_mode():
         transcribe_sources(model, sources, decode)  # warm-up: every shape once
         times = StageTimes()

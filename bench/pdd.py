@@ -15,6 +15,7 @@ from bench.profiles import PDDShape
 from whisfusion.canvas import canvas_length
 from whisfusion.config import CanvasConfig, DecodeConfig
 from whisfusion.decoder import DiffusionDecoder
+from whisfusion.decoders import diffusion_decoder
 from whisfusion.pdd import canvas_for, options_from_config, pdd_decode
 
 # whisfusion tokenizers fix <|eos|> at id 1 (the Tokenizer refuses any other).
@@ -35,7 +36,7 @@ def build_diffusion_decoder(
     ones cost); float32, eval mode."""
     torch.manual_seed(0)
     with torch.device(device):
-        decoder = DiffusionDecoder(shape.decoder, shape.vocab, enc_width, CanvasConfig().max_len)
+        decoder = diffusion_decoder(shape.decoder, shape.vocab, enc_width, CanvasConfig().max_len)
     return decoder.eval()
 
 

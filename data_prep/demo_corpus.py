@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib
 import json
 import logging
 import random
@@ -106,11 +107,20 @@ def _espeak() -> str:
     return subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.strip()
 
 
+def _demo_package(name: str):
+    """Import one of the demo's text generators, or say which extra installs it."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        raise RuntimeError(
+            f"the demo corpus needs the Python package {name}: "
+            "`pip install 'whisfusion[demo]'` (make setup installs it)"
+        ) from err
+
+
 @functools.cache
 def _kakasi():
-    import pykakasi
-
-    return pykakasi.kakasi()
+    return _demo_package("pykakasi").kakasi()
 
 
 def _hiragana(text: str) -> str:
@@ -137,9 +147,7 @@ def _in_script(script: str):
 @functools.cache
 def word_list(lang: str, top: int) -> list[str]:
     """Real words of `lang` among its `top` most frequent, in the script espeak-ng reads."""
-    from wordfreq import top_n_list
-
-    words = top_n_list(lang, top)
+    words = _demo_package("wordfreq").top_n_list(lang, top)
     if lang == "ja":
         words = [_hiragana(w) for w in words]
         keep = _is_kana
@@ -158,8 +166,7 @@ def word_list(lang: str, top: int) -> list[str]:
 
 
 def _number(lang: str, n: int) -> str:
-    from num2words import num2words
-
+    num2words = _demo_package("num2words").num2words
     if lang in ("zh", "ja"):
         kanji = num2words(n, lang="ja")
         return kanji if lang == "zh" else _hiragana(kanji)
@@ -180,10 +187,11 @@ def make_sentence(
     if rng.random() < NUMBER_SHARE:
         words.insert(rng.randrange(len(words) + 1), _number(lang, rng.randint(1, 99)))
     if lang == "zh":
-        from pypinyin import Style, lazy_pinyin
-
+        pypinyin = _demo_package("pypinyin")
         text = "".join(words)
-        spoken = " ".join(lazy_pinyin(text, style=Style.TONE3, neutral_tone_with_five=True))
+        spoken = " ".join(
+            pypinyin.lazy_pinyin(text, style=pypinyin.Style.TONE3, neutral_tone_with_five=True)
+        )
         return text + "。", spoken
     if lang == "ja":
         return "".join(words) + "。", " ".join(words)

@@ -8,8 +8,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
+from whisfusion.checkpoint import CHECKPOINT_KEY, payload
 from whisfusion.config import load_config
-from whisfusion.model import CHECKPOINT_KEY, Whisfusion
+from whisfusion.model import Whisfusion
 from whisfusion.tokenizer import Tokenizer, train_tokenizer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -38,7 +39,7 @@ def tiny_model(overrides: list[str] | None = None, seed: int = 0) -> Whisfusion:
 def save_checkpoint(model: Whisfusion, path: Path) -> Path:
     """A checkpoint as training writes it (decoder weights under `model.decoder.`)."""
     state = {f"model.decoder.{k}": v for k, v in model.decoder.state_dict().items()}
-    torch.save({"state_dict": state, CHECKPOINT_KEY: model.checkpoint_payload()}, path)
+    torch.save({"state_dict": state, CHECKPOINT_KEY: payload(model)}, path)
     return path
 
 

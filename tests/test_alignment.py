@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from whisfusion.alignment import (
-    HeadReading,
     aligned_token_embedding,
     alignment_bias,
     best_path_token_start,
@@ -22,6 +21,8 @@ from whisfusion.alignment import (
 )
 from whisfusion.config import DecoderConfig
 from whisfusion.decoder import DiffusionDecoder
+from whisfusion.decoders import diffusion_decoder
+from whisfusion.prior import HeadReading
 
 BLANK = 3  # labels 0, 1, 2 and the blank
 
@@ -149,17 +150,21 @@ def test_blank_penalty_lowers_the_blank_and_keeps_the_other_labels_ratios():
 def test_decoding_reads_more_tokens_under_a_blank_penalty():
     torch.manual_seed(0)
     cfg = DecoderConfig(layers=1, width=32, heads=4, align_hidden=16, align_best_path=True)
-    decoder = DiffusionDecoder(cfg, V, E).eval()
+    decoder = _build(cfg).eval()
     feats, valid, _ = _inputs()
     with torch.no_grad():
-        decoder.align.proj[-1].bias[decoder.align.blank] += 2.0  # a peaky head: blank wins
+        decoder.prior.head.proj[-1].bias[decoder.prior.blank] += 3.0  # a peaky head: blank wins
         heard = [
-            int(decoder.cross_cache(feats, valid, HeadReading(blank_penalty=p)).token_start.sum())
+            int(
+                decoder.cross_cache(
+                    feats, valid, HeadReading(blank_penalty=p)
+                ).prior.token_start.sum()
+            )
             for p in (0.0, 2.0, 8.0)
         ]
-        plain = decoder.cross_cache(feats, valid).ctc_log_probs
+        plain = decoder.cross_cache(feats, valid).prior.log_probs
     assert heard[0] < heard[1] < heard[2]
-    assert torch.equal(decoder.align(feats, valid), plain)  # training reads the head unchanged
+    assert torch.equal(decoder.prior.head(feats, valid), plain)  # training reads the head unchanged
 
 
 def test_ctc_targets_drop_language_and_padding():
@@ -172,6 +177,11 @@ def test_ctc_targets_drop_language_and_padding():
 V, E = 40, 24
 
 
+def _build(cfg: DecoderConfig) -> DiffusionDecoder:
+    """The diffusion decoder of `cfg` (with its alignment prior) over V tokens, E-wide frames."""
+    return diffusion_decoder(cfg, V, E)
+
+
 def _decoder(align_hidden: int, token_memory: bool = False, context: int = 0) -> DiffusionDecoder:
     torch.manual_seed(0)
     cfg = DecoderConfig(
@@ -182,7 +192,7 @@ def _decoder(align_hidden: int, token_memory: bool = False, context: int = 0) ->
         align_context=context,
         align_token_memory=token_memory,
     )
-    return DiffusionDecoder(cfg, V, E).eval()
+    return _build(cfg).eval()
 
 
 def _inputs():
@@ -198,13 +208,15 @@ def test_prior_reaches_the_logits_and_vanishes_at_zero_sharpness():
     assert not missing.missing_keys  # the prior adds parameters, it changes none
     feats, valid, tokens = _inputs()
     cache = with_prior.cross_cache(feats, valid)
-    assert cache.key_pos.shape == (2, 18) and cache.ctc_log_probs.shape == (2, 18, V + 1)
+    assert cache.prior.key_pos.shape == (2, 18) and cache.prior.log_probs.shape == (2, 18, V + 1)
     ref = with_prior(tokens, cache)
-    cache.key_pos = cache.key_pos + 3.0  # the frames move: the prior moves the attention
+    cache.prior.key_pos = (
+        cache.prior.key_pos + 3.0
+    )  # the frames move: the prior moves the attention
     assert not torch.allclose(with_prior(tokens, cache), ref)
     with torch.no_grad():
-        for blk in with_prior.blocks:
-            blk.cross_attn.prior_sharpness.fill_(-30.0)  # softplus ~ 1e-13: no prior
+        for sharpness in with_prior.prior.sharpness:
+            sharpness.fill_(-30.0)  # softplus ~ 1e-13: no prior
     torch.testing.assert_close(
         with_prior(tokens, with_prior.cross_cache(feats, valid)),
         without(tokens, without.cross_cache(feats, valid)),
@@ -229,7 +241,7 @@ def test_prior_keeps_k_rows_exact_and_ignores_padding_frames(context):
 
 @pytest.mark.parametrize("context", [0, 3, 5])
 def test_head_context_reaches_exactly_its_neighbours_and_never_the_padding(context):
-    head = _decoder(16, context=context).align
+    head = _decoder(16, context=context).prior.head
     feats, valid, _ = _inputs()
     ref = head(feats, valid)
     moved = feats.clone()
@@ -254,11 +266,11 @@ def test_only_the_ctc_loss_trains_the_alignment_head():
     dec = _decoder(16).train()
     feats, valid, tokens = _inputs()
     dec(tokens, dec.cross_cache(feats, valid)).square().mean().backward()
-    assert all(p.grad is None for p in dec.align.parameters())  # positions are detached
-    assert all(blk.cross_attn.prior_sharpness.grad is not None for blk in dec.blocks)
+    assert all(p.grad is None for p in dec.prior.head.parameters())  # positions are detached
+    assert all(sharpness.grad is not None for sharpness in dec.prior.sharpness)
     cache = dec.cross_cache(feats, valid)
-    ctc_loss(cache.ctc_log_probs, valid, [[3, 4], [5]], dec.align.blank).backward()
-    assert all(p.grad is not None for p in dec.align.parameters())
+    ctc_loss(cache.prior.log_probs, valid, [[3, 4], [5]], dec.prior.blank).backward()
+    assert all(p.grad is not None for p in dec.prior.head.parameters())
 
 
 def test_expected_embedding_weighs_the_table_by_the_posteriors_and_drops_blank():
@@ -279,19 +291,20 @@ def test_token_memory_lets_cross_attention_read_the_heads_posteriors():
     feats, valid, tokens = _inputs()
     ref = dec.eval()(tokens, dec.cross_cache(feats, valid))
     with torch.no_grad():  # another reading of the same frames: other keys and values
-        dec.align.proj[-1].bias[:V].normal_(0.0, 5.0)
+        dec.prior.head.proj[-1].bias[:V].normal_(0.0, 5.0)
     assert not torch.allclose(dec(tokens, dec.cross_cache(feats, valid)), ref, atol=1e-3)
     dec.train()
     dec(tokens, dec.cross_cache(feats, valid)).square().mean().backward()
-    assert all(p.grad is None for p in dec.align.parameters())  # still only CTC trains it
-    assert all(blk.cross_attn.kv_token.weight.grad is not None for blk in dec.blocks)
+    assert all(p.grad is None for p in dec.prior.head.parameters())  # still only CTC trains it
+    assert all(layer.weight.grad is not None for layer in dec.prior.kv_token)
     with pytest.raises(ValueError, match="align_token_memory.*align_hidden"):
         _decoder(0, token_memory=True)
     with pytest.raises(ValueError, match="align_best_path.*align_hidden"):
-        DiffusionDecoder(DecoderConfig(align_best_path=True), V, E)
+        _build(DecoderConfig(align_best_path=True))
     best_path = DecoderConfig(layers=1, width=32, heads=4, align_hidden=16, align_best_path=True)
-    cache = DiffusionDecoder(best_path, V, E).cross_cache(*_inputs()[:2])
-    assert cache.key_pos[0, -1] > 0 and torch.equal(cache.key_pos, cache.key_pos.round())
+    cache = _build(best_path).cross_cache(*_inputs()[:2])
+    key_pos = cache.prior.key_pos
+    assert key_pos[0, -1] > 0 and torch.equal(key_pos, key_pos.round())
 
 
 def test_aligned_token_embedding_puts_the_ith_heard_token_at_position_i():
@@ -321,16 +334,16 @@ def test_aligned_token_embedding_puts_the_ith_heard_token_at_position_i():
 def test_logit_fusion_adds_the_heads_reading_of_each_position():
     torch.manual_seed(0)
     cfg = DecoderConfig(layers=1, width=32, heads=4, align_hidden=16, align_best_path=True)
-    plain = DiffusionDecoder(cfg, V, E).eval()
-    fused = DiffusionDecoder(dataclasses.replace(cfg, align_logit_weight=0.5), V, E).eval()
+    plain = _build(cfg).eval()
+    fused = _build(dataclasses.replace(cfg, align_logit_weight=0.5)).eval()
     fused.load_state_dict(plain.state_dict())  # the fusion adds no parameter
     feats, valid, _ = _inputs()
     canvas = torch.full((2, 30), V)
-    cache = plain.cross_cache(feats, valid)
-    delta = fused(canvas.repeat_interleave(2, 0), cache) - plain(canvas, cache).repeat_interleave(
-        2, 0
-    )
-    log_probs, pos = cache.ctc_log_probs, cache.key_pos
+    cache, fused_cache = plain.cross_cache(feats, valid), fused.cross_cache(feats, valid)
+    delta = fused(canvas.repeat_interleave(2, 0), fused_cache) - plain(
+        canvas, cache
+    ).repeat_interleave(2, 0)
+    log_probs, pos = cache.prior.log_probs, cache.prior.key_pos
     for n in range(2):
         heard = int(pos[n, -1])
         assert 0 < heard < 29
@@ -345,14 +358,16 @@ def test_logit_fusion_adds_the_heads_reading_of_each_position():
         # the first or last token's next door)
         assert delta[2 * n, heard + 2 :].abs().max() < 1e-5
         assert delta[2 * n, [0, heard + 1]].abs().max() < 1e-2
+
     # decoding can weigh the head otherwise than training did
-    torch.testing.assert_close(fused(canvas, cache, align_weight=0.0), plain(canvas, cache))
-    heavier = fused(canvas, cache, align_weight=1.5) - plain(canvas, cache)
+    def weighted(weight: float) -> torch.Tensor:
+        return fused(canvas, fused.cross_cache(feats, valid, HeadReading(logit_weight=weight)))
+
+    torch.testing.assert_close(weighted(0.0), plain(canvas, cache))
+    heavier = weighted(1.5) - plain(canvas, cache)
     torch.testing.assert_close(heavier, 3 * delta[::2], atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="align_logit_weight.*align_best_path"):
-        DiffusionDecoder(
-            dataclasses.replace(cfg, align_best_path=False, align_logit_weight=1.0), V, E
-        )
+        _build(dataclasses.replace(cfg, align_best_path=False, align_logit_weight=1.0))
 
 
 def test_token_input_reaches_an_all_mask_canvas():
@@ -360,7 +375,7 @@ def test_token_input_reaches_an_all_mask_canvas():
     feats, valid, _ = _inputs()
     canvas = torch.full((2, 10), V)  # all [MASK]
     ref = dec(canvas, dec.cross_cache(feats, valid))
-    assert dec.cross_cache(feats, valid).token_memory is None
+    assert dec.cross_cache(feats, valid).prior.token_memory is None
     dec.cfg.align_token_input = True
     with_input = dec(canvas, dec.cross_cache(feats, valid))
     assert not torch.allclose(with_input, ref, atol=1e-4)

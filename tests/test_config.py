@@ -12,8 +12,17 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 @pytest.mark.parametrize("name", ["tiny", "demo", "large"])
 def test_shipped_configs_load(name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
-    assert cfg.model.size == name
+    assert cfg.model.decoder.kind == "diffusion"
     assert cfg.model.decoder.width % cfg.model.decoder.heads == 0
+
+
+def test_older_configs_load_in_todays_keys(tmp_path):
+    old = tmp_path / "old.yaml"
+    old.write_text("model:\n  size: demo\noptim:\n  lr_scale:\n    align: 3.0\n")
+    for cfg in (load_config(old), config_from_dict({"model": {"size": "tiny"}})):
+        assert not hasattr(cfg.model, "size")  # it named a preset and did nothing
+    assert load_config(old).optim.lr_scale == {"prior.head": 3.0}
+    assert load_config(CONFIGS / "demo.yaml").optim.lr_scale == {"prior.head": 3.0}
 
 
 def test_sizes_are_ordered():

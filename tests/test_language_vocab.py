@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections import Counter
 
@@ -10,14 +9,16 @@ import pytest
 import torch
 from model_fixtures import LANGS, TEXTS, save_checkpoint, tiny_model
 
-from whisfusion.alignment import HeadReading
 from whisfusion.language_vocab import (
     BLOCKED,
+    LanguageFilter,
     LanguageVocabulary,
     blocked_bias,
     restrict_log_probs,
 )
 from whisfusion.model import Whisfusion
+from whisfusion.options import DecodeOptions
+from whisfusion.prior import HeadReading
 
 ALIGNED = [
     "model.decoder.align_hidden=32",
@@ -88,9 +89,9 @@ def test_decoder_blocks_tokens_outside_the_utterances_language_on_every_candidat
     with torch.no_grad():
         free = decoder(tokens, decoder.cross_cache(feats, valid))
         cache = decoder.cross_cache(feats, valid, HeadReading(allowed=allowed))
-        restricted = decoder(tokens, cache)
+        restricted = LanguageFilter(allowed).apply(decoder(tokens, cache), tokens)
 
-    assert (cache.ctc_log_probs[0, :, : allowed.shape[1]][:, ~allowed[0]].exp() == 0).all()
+    assert (cache.prior.log_probs[0, :, : allowed.shape[1]][:, ~allowed[0]].exp() == 0).all()
     en_rows = restricted[:k]
     assert (en_rows[..., ~allowed[0]] < BLOCKED / 2).all()
     assert (en_rows[..., allowed[0]] > BLOCKED / 2).all()
@@ -101,7 +102,7 @@ def test_decoder_blocks_tokens_outside_the_utterances_language_on_every_candidat
 def test_transcripts_use_only_their_languages_tokens(method):
     model = tiny_model(ALIGNED)
     model.language_vocab = counted(model)
-    decode = dataclasses.replace(model.cfg.decode, method=method, language_vocab_min_count=1)
+    decode = DecodeOptions.from_config(model.cfg.decode, method=method, language_vocab_min_count=1)
     feats = torch.randn(2, 40, model.encoder.width, generator=torch.Generator().manual_seed(0))
     valid = torch.ones(2, 40, dtype=torch.bool)
     out = model.decode_features(feats, valid, [0.8, 0.8], ["en", None], decode)
@@ -110,7 +111,7 @@ def test_transcripts_use_only_their_languages_tokens(method):
         valid,
         [0.8, 0.8],
         ["en", None],
-        dataclasses.replace(decode, language_vocab_min_count=0),
+        decode.replace(language_vocab_min_count=0),
     )
 
     english = set("".join(TEXTS_BY_LANG["en"]))
@@ -120,14 +121,14 @@ def test_transcripts_use_only_their_languages_tokens(method):
 
 def test_decoding_with_a_min_count_needs_the_counts_and_checkpoints_carry_them(tmp_path):
     model = tiny_model(ALIGNED)
-    decode = dataclasses.replace(model.cfg.decode, language_vocab_min_count=1)
+    decode = DecodeOptions.from_config(model.cfg.decode, language_vocab_min_count=1)
     with pytest.raises(ValueError, match="language_tokens.json"):
-        model.check_decode(decode)
+        model.check_options(decode)
     with pytest.raises(ValueError, match="must be >= 0"):
-        model.check_decode(dataclasses.replace(decode, language_vocab_min_count=-1))
+        decode.replace(language_vocab_min_count=-1)
 
     model.language_vocab = counted(model)
-    model.check_decode(decode)
+    model.check_options(decode)
     loaded = Whisfusion.from_checkpoint(save_checkpoint(model, tmp_path / "m.ckpt"))
     assert loaded.language_vocab.languages == model.tokenizer.languages
     assert torch.equal(loaded.language_vocab.counts, model.language_vocab.counts)

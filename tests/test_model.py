@@ -4,10 +4,11 @@ import pytest
 import torch
 from model_fixtures import fit_batches
 
+from whisfusion.checkpoint import CheckpointError
 from whisfusion.config import DecoderConfig, ScheduleConfig, load_config
 from whisfusion.decoder import DiffusionDecoder
 from whisfusion.lightning_module import WhisfusionModule
-from whisfusion.model import CheckpointError, Whisfusion
+from whisfusion.model import Whisfusion
 from whisfusion.pdd import canvas_for, pdd_decode
 from whisfusion.schedule import MaskSchedule, diffusion_loss
 from whisfusion.tokenizer import train_tokenizer
@@ -121,7 +122,7 @@ def test_checkpoint_round_trip_gives_identical_logits(
         **{"model.decoder.align_hidden": align_hidden, "model.decoder.align_context": align_context}
     )
     module = WhisfusionModule(Whisfusion.from_config(cfg, tokenizer))
-    align = module.model.decoder.align
+    align = module.model.prior
     head_before = {k: v.clone() for k, v in align.state_dict().items()} if align else {}
     trainer = fit_batches(module, _batches(tokenizer), tmp_path)
     if align is not None:  # training reached the alignment head through its CTC loss

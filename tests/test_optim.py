@@ -3,6 +3,7 @@ import torch
 
 from whisfusion.config import DecoderConfig, OptimConfig
 from whisfusion.decoder import DiffusionDecoder
+from whisfusion.decoders import diffusion_decoder
 from whisfusion.optim import build_optimizer, lr_factor, param_groups
 
 
@@ -51,13 +52,15 @@ def test_build_optimizer_steps_the_schedule():
 
 
 def test_lr_scale_gives_a_submodule_its_own_peak_lr():
-    dec = DiffusionDecoder(DecoderConfig(layers=1, width=32, heads=2, align_hidden=8), 20, 16)
-    cfg = OptimConfig(lr=1.0, warmup_steps=2, lr_scale={"align": 3.0})
+    dec = diffusion_decoder(DecoderConfig(layers=1, width=32, heads=2, align_hidden=8), 20, 16)
+    cfg = OptimConfig(lr=1.0, warmup_steps=2, lr_scale={"prior.head": 3.0})
     opt, sched = build_optimizer(dec, cfg, 10)
     lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
-    assert lr_of[id(dec.align.proj[0].weight)] == pytest.approx(1.5)  # warmup step 0: 3.0 / 2
-    assert lr_of[id(dec.align.proj[0].bias)] == pytest.approx(1.5)
+    head = dec.prior.head
+    assert lr_of[id(head.proj[0].weight)] == pytest.approx(1.5)  # warmup step 0: 3.0 / 2
+    assert lr_of[id(head.proj[0].bias)] == pytest.approx(1.5)
     assert lr_of[id(dec.head.weight)] == pytest.approx(0.5)
+    assert lr_of[id(dec.prior.sharpness[0])] == pytest.approx(0.5)  # the rest of the prior
     assert len(lr_of) == sum(1 for _ in dec.parameters())
     opt.step()
     sched.step()

@@ -1,14 +1,14 @@
 """Static decoding shapes: canvas buckets, encoder frames cut to the audio, the compiled step."""
 
-import dataclasses
 import weakref
 
 import pytest
 import torch
 
 from whisfusion.config import DecodeConfig, DecoderConfig, load_config
-from whisfusion.decoder import DiffusionDecoder
+from whisfusion.decoders import diffusion_decoder
 from whisfusion.model import Whisfusion
+from whisfusion.options import DecodeOptions
 from whisfusion.pdd import canvas_for, compiled, options_from_config, pdd_decode
 from whisfusion.pdd.buckets import bucket_length, pad_to_bucket, trim_frames
 from whisfusion.tokenizer import train_tokenizer
@@ -36,7 +36,7 @@ def test_pad_to_bucket_adds_invalid_eos_columns():
 def _decoder(**over):
     torch.manual_seed(0)
     cfg = DecoderConfig(layers=2, width=64, heads=4, **over)
-    return DiffusionDecoder(cfg, V, E).eval()
+    return diffusion_decoder(cfg, V, E).eval()
 
 
 @pytest.mark.parametrize("over", [{}, {"frame_stack": 2, "align_hidden": 32, "align_context": 3}])
@@ -88,8 +88,8 @@ def tiny_model():
 def _transcripts(model, **decode):
     audio = torch.randn(2, 16000, generator=torch.Generator().manual_seed(4)) * 0.1
     features, valid = model.encode(audio, torch.tensor([16000, 9000]))
-    cfg = dataclasses.replace(model.cfg.decode, candidates=3, select="rover", **decode)
-    out = model.decode_features(features, valid, [1.0, 0.56], ["en", None], decode=cfg)
+    options = DecodeOptions.from_config(model.cfg.decode, candidates=3, select="rover", **decode)
+    out = model.decode_features(features, valid, [1.0, 0.56], ["en", None], options=options)
     return [(t.text, t.language, t.candidates) for t in out]
 
 

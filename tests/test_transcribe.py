@@ -14,8 +14,9 @@ from whisfusion.alignment import greedy_ctc
 from whisfusion.cli import main
 from whisfusion.longform import plan_chunks
 from whisfusion.model import Whisfusion
+from whisfusion.options import DecodeOptions
 from whisfusion.pdd import Transcript
-from whisfusion.transcribe import _Chunk, pack_batches, sources_from_inputs, with_overrides
+from whisfusion.transcribe import _Chunk, pack_batches, sources_from_inputs
 
 SR = 16000
 
@@ -180,15 +181,15 @@ def test_bad_arguments_are_refused(model):
     with pytest.raises(ValueError, match="selection method"):
         model.transcribe(torch.zeros(1600), select="best")
     with pytest.raises(ValueError, match="decode method must be one of pdd, ctc; got 'beam'"):
-        model.check_decode(with_overrides(model.cfg.decode, method="beam"))
+        DecodeOptions.from_config(model.cfg.decode, method="beam")
     with pytest.raises(ValueError, match="align_hidden is 0"):  # no alignment head to read
         model.read_ctc(torch.zeros(1, 5, model.encoder.width), torch.ones(1, 5, dtype=bool))
     with pytest.raises(ValueError, match="align_weight.*align_best_path is off"):
-        model.check_decode(with_overrides(model.cfg.decode, align_weight=2.0))
+        model.check_options(DecodeOptions.from_config(model.cfg.decode, align_weight=2.0))
     with pytest.raises(ValueError, match="align_hidden is 0"):  # a blank penalty needs the head
-        model.check_decode(with_overrides(model.cfg.decode, blank_penalty=1.0))
+        model.check_options(DecodeOptions.from_config(model.cfg.decode, blank_penalty=1.0))
     with pytest.raises(ValueError, match="blank_penalty must be >= 0"):
-        model.check_decode(with_overrides(model.cfg.decode, blank_penalty=-1.0))
+        DecodeOptions.from_config(model.cfg.decode, blank_penalty=-1.0)
 
 
 @pytest.mark.parametrize("frame_stack", [1, 2])
@@ -201,11 +202,11 @@ def test_ctc_method_reads_the_alignment_head_greedily(frame_stack):
     features, valid = aligned.encode(audio, torch.tensor([2 * SR, SR]))
     cache = aligned.cross_cache(features, valid)
     assert cache.key_valid.shape[1] == -(-valid.shape[1] // frame_stack)
-    ids = greedy_ctc(cache.ctc_log_probs, cache.key_valid, aligned.decoder.align.blank)
+    ids = greedy_ctc(cache.prior.log_probs, cache.key_valid, aligned.prior.blank)
     expected = [aligned.tokenizer.decode(row).strip() for row in ids]
     assert any(expected)  # an untrained head still emits tokens: the comparison means something
-    ctc = with_overrides(aligned.cfg.decode, method="ctc")
-    got = aligned.decode_features(features, valid, [2.0, 1.0], ["de", None], decode=ctc)
+    ctc = DecodeOptions.from_config(aligned.cfg.decode, method="ctc")
+    got = aligned.decode_features(features, valid, [2.0, 1.0], ["de", None], options=ctc)
     assert [t.text for t in got] == expected
     assert [t.language for t in got] == ["de", None]  # the head reads no language
     pdd = aligned.decode_features(features, valid, [2.0, 1.0], ["de", None])

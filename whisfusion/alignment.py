@@ -8,36 +8,14 @@ each frame; cross-attention then adds `alignment_bias`, a per-head Gaussian in (
 expected position), so position i looks first at the frames of the i-th token. Heads learn their
 own width, so a head can also widen to attend anywhere.
 
-The positions are detached: the CTC loss alone trains the head, and the decoder cannot bend the
-prior to suit itself. All functions here are pure.
+`whisfusion.prior.AlignmentPrior` puts these pieces into the decoder. All functions here are pure.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from whisfusion.language_vocab import restrict_log_probs
-
-
-@dataclass(frozen=True)
-class HeadReading:
-    """How decoding reads the alignment head; the defaults read it as training does.
-
-    allowed: (N, V) bool, the tokens each utterance may contain (its language's vocabulary,
-        see whisfusion.language_vocab), or None for every token; the decoder's logits follow
-        it too.
-    blank_penalty: taken off the blank's log-probability (`penalize_blank`).
-    """
-
-    allowed: torch.Tensor | None = None
-    blank_penalty: float = 0.0
-
-
-AS_TRAINED = HeadReading()
 
 
 class AlignmentHead(nn.Module):
@@ -76,16 +54,6 @@ class AlignmentHead(nn.Module):
             near = (hidden * valid.unsqueeze(-1)).transpose(1, 2)
             hidden = hidden + self.context(near).transpose(1, 2)
         return F.log_softmax(self.proj[2](self.proj[1](hidden)).float(), dim=-1)
-
-    def read(
-        self, features: torch.Tensor, valid: torch.Tensor, reading: HeadReading = AS_TRAINED
-    ) -> torch.Tensor:
-        """features (N, S, E), valid (N, S) -> the (N, S, V + 1) float32 log-probabilities
-        `reading` reads."""
-        log_probs = penalize_blank(self(features, valid), reading.blank_penalty, self.blank)
-        if reading.allowed is None:
-            return log_probs
-        return restrict_log_probs(log_probs, reading.allowed)
 
 
 def penalize_blank(log_probs: torch.Tensor, penalty: float, blank: int) -> torch.Tensor:

@@ -58,3 +58,10 @@ def pad_canvases(
         tokens[i, : len(c)] = c
     valid = torch.arange(l_max)[None, :] < lengths[:, None]
     return tokens, valid
+
+
+def add_per_utterance(rows: torch.Tensor, per_utterance: torch.Tensor) -> torch.Tensor:
+    """rows (N*K, L, D), utterance-major, plus per_utterance (N, L, D) or (N, 1, D) on each of
+    its K rows, broadcast rather than copied K times."""
+    n = per_utterance.shape[0]
+    return (rows.view(n, -1, *rows.shape[1:]) + per_utterance[:, None]).view(rows.shape)

@@ -1,4 +1,5 @@
-"""The diffusion decoder: a bidirectional Transformer over the text canvas, conditioned on audio.
+"""The paper's diffusion decoder: a bidirectional Transformer over the text canvas, conditioned
+on audio.
 
 Each block: pre-RMSNorm self-attention with RoPE (bidirectional: every canvas position sees every
 other), pre-RMSNorm cross-attention to the frozen encoder output, pre-RMSNorm SwiGLU MLP. No
@@ -11,57 +12,29 @@ RoPE alone cannot tell positions apart on an all-[MASK] canvas (every value vect
 so every weighted sum is too), and decoding starts from exactly that canvas; the absolute
 embedding breaks the symmetry from the first step.
 
-Optional alignment prior (`align_hidden` > 0, see whisfusion.alignment): a small CTC head on the
-encoder output estimates which canvas position each frame belongs to, and cross-attention adds a
-per-head Gaussian bias toward those frames. It costs a dense attention mask (the fused SDPA
-kernels without a mask no longer apply) and is meant for small corpora. With
-`align_token_memory`, cross-attention keys/values also read each frame's expected token
-embedding under the head's (detached) posteriors, E^T p_j, through the decoder's own embedding
-table: a position can copy what its frames were heard as. With `align_token_input`, each canvas
-position's input adds the embedding of the token the head hears at that position
-(`aligned_token_embedding`), so decoding from an all-[MASK] canvas starts from the frames' reading.
-With `align_best_path`, the frames' canvas positions come from the head's best path (whole
-numbers), and `align_logit_weight` > 0 adds the head's log-probabilities at each position to the
-logits (a product of experts): the decoder learns a correction to what the head reads.
-
-With `frame_stack` k > 1, each k adjacent encoder frames are concatenated into one frame
-(`stack_frames`) before the alignment head and cross-attention read them: Whisper's 20 ms frames
-are several to a token, and the work done per frame (the head's output layer above all) is most
-of a small decoder's training step.
-
 Cross-attention keys/values depend on the audio only: `cross_cache` computes them once per
 utterance, and `forward` reuses them for any number of candidate rows. K candidate rows of one
 utterance are folded into the query length of a single attention call (queries never interact in
-cross-attention, so this is exact), which shares the cached keys without copying them.
+cross-attention, so this is exact), which shares the cached keys without copying them. Frames
+after the audio's end are masked out of cross-attention. With `frame_stack` k > 1 the decoder
+reads each k adjacent encoder frames as one (`stack_frames`).
+
+An optional `DecoderPrior` (the CTC alignment prior, `whisfusion.prior.AlignmentPrior`) may
+read the frames once per utterance and then add to the keys/values, the input, the
+cross-attention masks and the logits; without one, none of that code runs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from whisfusion.alignment import (
-    AS_TRAINED,
-    AlignmentHead,
-    HeadReading,
-    aligned_token_embedding,
-    alignment_bias,
-    best_path_token_start,
-    expected_embedding,
-    expected_positions,
-    new_token_probability,
-    squared_distance,
-)
 from whisfusion.config import DecoderConfig
-from whisfusion.language_vocab import blocked_bias
-
-# Kernel width (canvas positions) with which the head's log-probabilities reach the logits:
-# a neighbour gets exp(-8) of them, so each position reads its own token alone.
-FUSION_WIDTH = 0.25
 
 
 def stack_frames(
@@ -107,35 +80,52 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 @dataclass
 class CrossCache:
-    """Per-layer cross-attention keys/values of N utterances.
+    """Cross-attention keys/values of N utterances, for `DiffusionDecoder.forward`.
 
-    keys, values: one (N, H, S, Dh) tensor per layer.
-    S counts the frames the decoder reads (`DiffusionDecoder.frames`: encoder frames, stacked by
-    `frame_stack`).
+    keys, values: one (N, H, S, Dh) tensor per layer; S counts the frames the decoder reads
+        (encoder frames, stacked by `frame_stack`).
     key_valid: (N, S) bool, True on frames that cover real audio.
-    key_pos: (N, S) expected canvas position of each frame (alignment prior), or None.
-    ctc_log_probs: (N, S, V + 1) the alignment head's output (for its loss and the logit
-        fusion), or None.
-    token_memory: (N, S, D) each frame's expected token embedding under the head's posteriors
-        (`align_token_memory` / `align_token_input`), or None.
-    token_start: (N, S) probability that each frame starts a token (1.0 or 0.0 with
-        `align_best_path`), or None without the alignment head.
-    logit_bias: (N, 1, V) added to every position's logits (0, or BLOCKED on tokens outside
-        the utterance's language vocabulary), or None.
+    prior: what the decoder's `DecoderPrior` read from these frames, or None without one.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     key_valid: torch.Tensor
-    key_pos: torch.Tensor | None = None
-    ctc_log_probs: torch.Tensor | None = None
-    token_memory: torch.Tensor | None = None
-    token_start: torch.Tensor | None = None
-    logit_bias: torch.Tensor | None = None
+    prior: Any = None
 
     @property
     def batch(self) -> int:
         return self.key_valid.shape[0]
+
+
+class DecoderPrior(Protocol):
+    """The hooks through which an optional extension (an `nn.Module`) conditions the decoder.
+
+    `read` runs once per utterance when the cache is built; the others at every forward, with
+    its result. Rows are utterance-major: K = rows // N rows per utterance.
+    """
+
+    def read(
+        self, frames: torch.Tensor, valid: torch.Tensor, embed: torch.Tensor, reading: Any = None
+    ) -> Any:
+        """frames (N, S, E') the decoder's frames, valid (N, S), embed (V, D) the token
+        embeddings, reading: decode-time settings (None = as trained) -> the extension's
+        per-utterance state."""
+
+    def key_values(self, kv: list[torch.Tensor], state: Any) -> list[torch.Tensor]:
+        """Per layer the (N, S, 2D) key/value projection of the frames -> the same, adjusted."""
+
+    def embed_input(self, x: torch.Tensor, state: Any) -> torch.Tensor:
+        """(N*K, L, D) canvas input embeddings -> the same, adjusted."""
+
+    def cross_masks(
+        self, key_mask: torch.Tensor, length: int, rows: int, state: Any
+    ) -> list[torch.Tensor]:
+        """key_mask (N, 1, 1, S) bool -> per layer a cross-attention mask (N, 1 or H, K*L, S):
+        bool (True = attend) or an additive float bias."""
+
+    def fuse_logits(self, logits: torch.Tensor, state: Any) -> torch.Tensor:
+        """(N*K, L, V) float logits -> the same, adjusted."""
 
 
 class SelfAttention(nn.Module):
@@ -156,53 +146,30 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    def __init__(
-        self,
-        width: int,
-        enc_width: int,
-        heads: int,
-        dropout: float,
-        prior: bool,
-        token_memory: bool = False,
-    ):
+    def __init__(self, width: int, enc_width: int, heads: int, dropout: float):
         super().__init__()
         self.heads, self.dropout = heads, dropout
         self.q = nn.Linear(width, width, bias=False)
         # keys/values projected from the encoder width (1280 for large-v3) to the decoder width
         self.kv = nn.Linear(enc_width, 2 * width, bias=False)
-        self.kv_token = nn.Linear(width, 2 * width, bias=False) if token_memory else None
         self.out = nn.Linear(width, width, bias=False)
-        # Per-head sharpness of the alignment prior, through softplus so it stays >= 0. Heads
-        # start from widths of about 1 to 10 canvas positions, so some look closely and some
-        # around; training sets them.
-        self.prior_sharpness = (
-            nn.Parameter(torch.linspace(0.0, -4.5, heads).exp().expm1().log()) if prior else None
-        )
 
-    def project(
-        self, features: torch.Tensor, token_memory: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """features (N, S, E), token_memory (N, S, D) or None -> keys, values (N, H, S, Dh)."""
-        n, s, _ = features.shape
-        kv = self.kv(features)
-        if self.kv_token is not None and token_memory is not None:
-            kv = kv + self.kv_token(token_memory)
+    def split(self, kv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, S, 2D) projection `kv(frames)` -> keys, values (N, H, S, Dh)."""
+        n, s, _ = kv.shape
         k, v = kv.view(n, s, 2, self.heads, -1).permute(2, 0, 3, 1, 4)
         return k, v
 
-    def forward(self, x, k, v, key_mask, sq_distance=None):
-        """x: (N*K, L, D) with K rows per utterance; k, v: (N, H, S, Dh); key_mask: (N, 1, 1, S);
-        sq_distance: (N, K*L, S) squared distance of each query row's canvas position to each
-        frame's expected position (`squared_distance`), or None (no prior)."""
+    def forward(self, x, k, v, mask):
+        """x: (N*K, L, D) with K rows per utterance; k, v: (N, H, S, Dh); mask: (N, 1, 1, S)
+        bool (True = attend), or an additive (N, H, K*L, S) float bias -> (N*K, L, D)."""
         rows, length, width = x.shape
         n = k.shape[0]
         group = rows // n
         q = self.q(x).view(n, group * length, self.heads, -1).transpose(1, 2)  # (N, H, K*L, Dh)
+        if mask.dtype != torch.bool:
+            mask = mask.to(q.dtype)  # a bias follows the queries (bf16 under autocast)
         drop = self.dropout if self.training else 0.0
-        mask = key_mask
-        if self.prior_sharpness is not None and sq_distance is not None:
-            bias = alignment_bias(sq_distance, F.softplus(self.prior_sharpness))
-            mask = bias.masked_fill(~key_mask, float("-inf")).to(q.dtype)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.out(y.transpose(1, 2).reshape(rows, length, width))
 
@@ -225,47 +192,39 @@ class DecoderBlock(nn.Module):
         self.norm_self = nn.RMSNorm(cfg.width, eps=1e-6)
         self.self_attn = SelfAttention(cfg.width, cfg.heads, cfg.dropout)
         self.norm_cross = nn.RMSNorm(cfg.width, eps=1e-6)
-        self.cross_attn = CrossAttention(
-            cfg.width,
-            enc_width,
-            cfg.heads,
-            cfg.dropout,
-            prior=cfg.align_hidden > 0,
-            token_memory=cfg.align_token_memory,
-        )
+        self.cross_attn = CrossAttention(cfg.width, enc_width, cfg.heads, cfg.dropout)
         self.norm_mlp = nn.RMSNorm(cfg.width, eps=1e-6)
         self.mlp = SwiGLU(cfg.width, hidden)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, self_mask, k, v, key_mask, sq_distance=None):
+    def forward(self, x, cos, sin, self_mask, k, v, cross_mask):
         x = x + self.drop(self.self_attn(self.norm_self(x), cos, sin, self_mask))
-        x = x + self.drop(self.cross_attn(self.norm_cross(x), k, v, key_mask, sq_distance))
+        x = x + self.drop(self.cross_attn(self.norm_cross(x), k, v, cross_mask))
         return x + self.drop(self.mlp(self.norm_mlp(x)))
 
 
 class DiffusionDecoder(nn.Module):
-    """Masked-diffusion denoiser p(x_0 | x_t, audio)."""
+    """Masked-diffusion denoiser p(x_0 | x_t, audio); a `whisfusion.denoiser.Denoiser`.
 
-    def __init__(self, cfg: DecoderConfig, vocab_size: int, enc_width: int, max_len: int = 448):
+    Args:
+        cfg: layers, width, heads, MLP ratio, dropout, RoPE base, frame stacking.
+        vocab_size: V, the output classes; the embedding table has V + 1 rows ([MASK] last).
+        enc_width: E, the encoder's output width.
+        max_len: the longest canvas (rows of the absolute position embedding).
+        prior: an optional `DecoderPrior`, kept as the submodule `prior`.
+    """
+
+    def __init__(
+        self,
+        cfg: DecoderConfig,
+        vocab_size: int,
+        enc_width: int,
+        max_len: int = 448,
+        prior: nn.Module | None = None,
+    ):
         super().__init__()
-        needs_head = ("align_context", "align_token_memory", "align_token_input", "align_best_path")
-        for flag in needs_head:
-            if getattr(cfg, flag) and not cfg.align_hidden:
-                raise ValueError(
-                    f"model.decoder.{flag} needs the alignment head: set align_hidden > 0"
-                )
-        if cfg.align_logit_weight and not cfg.align_best_path:
-            raise ValueError(
-                "model.decoder.align_logit_weight reads the head's tokens at whole canvas "
-                "positions: set align_best_path"
-            )
         if cfg.frame_stack < 1:
             raise ValueError(f"model.decoder.frame_stack must be >= 1, got {cfg.frame_stack}")
-        if cfg.align_context < 0 or (cfg.align_context and cfg.align_context % 2 == 0):
-            raise ValueError(
-                "model.decoder.align_context must be 0 or an odd number of frames, "
-                f"got {cfg.align_context}"
-            )
         if cfg.width % cfg.heads or (cfg.width // cfg.heads) % 2:
             raise ValueError(
                 f"decoder width {cfg.width} must split into {cfg.heads} heads of even size"
@@ -273,17 +232,13 @@ class DiffusionDecoder(nn.Module):
         self.cfg, self.vocab_size = cfg, vocab_size
         self.embed = nn.Embedding(vocab_size + 1, cfg.width)  # last row: [MASK]
         self.pos_embed = nn.Embedding(max_len, cfg.width)
-        enc_width *= cfg.frame_stack  # the width of the frames it reads (`frames`)
-        self.blocks = nn.ModuleList(DecoderBlock(cfg, enc_width) for _ in range(cfg.layers))
+        frame_width = enc_width * cfg.frame_stack  # the width of the frames it reads (`frames`)
+        self.blocks = nn.ModuleList(DecoderBlock(cfg, frame_width) for _ in range(cfg.layers))
         self.norm_out = nn.RMSNorm(cfg.width, eps=1e-6)
         self.head = nn.Linear(cfg.width, vocab_size, bias=False)
         self.apply(self._init)
-        # built after the init above: it keeps PyTorch's default init
-        self.align = (
-            AlignmentHead(enc_width, cfg.align_hidden, vocab_size, cfg.align_context)
-            if cfg.align_hidden
-            else None
-        )
+        # assigned after the init above: the prior initialises its own parameters
+        self.prior = prior
 
     @staticmethod
     def _init(module: nn.Module) -> None:
@@ -302,39 +257,26 @@ class DiffusionDecoder(nn.Module):
         return stack_frames(features, valid, self.cfg.frame_stack)
 
     def cross_cache(
-        self, features: torch.Tensor, valid: torch.Tensor, reading: HeadReading = AS_TRAINED
+        self, features: torch.Tensor, valid: torch.Tensor, reading: Any = None
     ) -> CrossCache:
         """Project encoder output once per utterance.
 
         Args:
             features: (N, S, E) encoder output; valid: (N, S) bool. The cache holds the
                 decoder's S' = ceil(S / frame_stack) frames (`frames`).
-            reading: how decoding reads the alignment head, and the tokens each utterance may
-                contain (`alignment.HeadReading`); the default is training's.
+            reading: how decoding reads the prior (its `read`); None reads it as training does.
         """
         features, valid = self.frames(features, valid)
-        log_probs = key_pos = memory = start = bias = None
-        if reading.allowed is not None:
-            bias = blocked_bias(reading.allowed)
-        if self.align is not None:
-            log_probs = self.align.read(features, valid, reading)
-            # detached: only the CTC loss trains the head (see whisfusion.alignment)
-            heard = log_probs.detach()
-            starts = best_path_token_start if self.cfg.align_best_path else new_token_probability
-            start = starts(heard, valid, self.align.blank)
-            key_pos = expected_positions(start)
-            if self.cfg.align_token_memory or self.cfg.align_token_input:
-                memory = expected_embedding(heard, self.embed.weight[: self.vocab_size])
-        pairs = [blk.cross_attn.project(features, memory) for blk in self.blocks]
-        keys, values = [k for k, _ in pairs], [v for _, v in pairs]
-        return CrossCache(keys, values, valid, key_pos, log_probs, memory, start, bias)
+        kv = [blk.cross_attn.kv(features) for blk in self.blocks]
+        state = None
+        if self.prior is not None:
+            state = self.prior.read(features, valid, self.embed.weight[: self.vocab_size], reading)
+            kv = self.prior.key_values(kv, state)
+        pairs = [blk.cross_attn.split(x) for blk, x in zip(self.blocks, kv, strict=True)]
+        return CrossCache([k for k, _ in pairs], [v for _, v in pairs], valid, state)
 
     def forward(
-        self,
-        tokens: torch.Tensor,
-        cache: CrossCache,
-        canvas_valid: torch.Tensor | None = None,
-        align_weight: float | None = None,
+        self, tokens: torch.Tensor, cache: CrossCache, canvas_valid: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Logits for every canvas position.
 
@@ -343,8 +285,6 @@ class DiffusionDecoder(nn.Module):
                 utterance-major (row n*K + k belongs to utterance n).
             cache: cross-attention keys/values of N utterances (`cross_cache`).
             canvas_valid: (N*K, L) bool, False beyond each row's own canvas (padded batches).
-            align_weight: weight of the head's log-probabilities in the logits, None = the
-                trained `align_logit_weight` (decoding may lean on the head more than training).
         Returns:
             (N*K, L, vocab_size) float logits.
         """
@@ -361,44 +301,18 @@ class DiffusionDecoder(nn.Module):
         )
         self_mask = None if canvas_valid is None else canvas_valid[:, None, None, :]
         key_mask = cache.key_valid[:, None, None, :]
-        sq_distance = None
-        if self.align is not None and cache.key_pos is not None:
-            # once per forward, shared by every layer: query row k*L + i sits at position i
-            query_pos = torch.arange(length, device=tokens.device).repeat(rows // cache.batch)
-            sq_distance = squared_distance(query_pos, cache.key_pos)
+        cross_masks = [key_mask] * len(self.blocks)
         x = self.embed(tokens) + self.pos_embed.weight[:length]
-        if self.cfg.align_token_input and cache.token_memory is not None:
-            heard = aligned_token_embedding(
-                cache.token_start, cache.key_pos, cache.token_memory, length
-            )
-            x = _add_per_utterance(x, heard)
-        for blk, k, v in zip(self.blocks, cache.keys, cache.values, strict=False):
+        if self.prior is not None:
+            cross_masks = self.prior.cross_masks(key_mask, length, rows, cache.prior)
+            x = self.prior.embed_input(x, cache.prior)
+        layers = zip(self.blocks, cache.keys, cache.values, cross_masks, strict=True)
+        for blk, k, v, cross_mask in layers:
             if self.cfg.activation_checkpointing and self.training:
-                x = checkpoint(
-                    blk, x, cos, sin, self_mask, k, v, key_mask, sq_distance, use_reentrant=False
-                )
+                x = checkpoint(blk, x, cos, sin, self_mask, k, v, cross_mask, use_reentrant=False)
             else:
-                x = blk(x, cos, sin, self_mask, k, v, key_mask, sq_distance)
+                x = blk(x, cos, sin, self_mask, k, v, cross_mask)
         logits = self.head(self.norm_out(x)).float()
-        weight = self.cfg.align_logit_weight if align_weight is None else align_weight
-        if weight and cache.ctc_log_probs is not None:
-            # detached: the decoder learns a correction to the head's reading, the head still
-            # learns from its CTC loss alone
-            heard = aligned_token_embedding(
-                cache.token_start,
-                cache.key_pos,
-                cache.ctc_log_probs.detach()[..., : self.vocab_size],
-                length,
-                FUSION_WIDTH,
-            )
-            logits = _add_per_utterance(logits, weight * heard)
-        if cache.logit_bias is not None:
-            logits = _add_per_utterance(logits, cache.logit_bias)
+        if self.prior is not None:
+            logits = self.prior.fuse_logits(logits, cache.prior)
         return logits
-
-
-def _add_per_utterance(rows: torch.Tensor, per_utterance: torch.Tensor) -> torch.Tensor:
-    """rows (N*K, L, D), utterance-major, plus per_utterance (N, L, D) or (N, 1, D) on each of
-    its K rows, broadcast rather than copied K times."""
-    n = per_utterance.shape[0]
-    return (rows.view(n, -1, *rows.shape[1:]) + per_utterance[:, None]).view(rows.shape)

@@ -4,9 +4,10 @@ All languages share one tokenizer, so nothing stops a model from writing a Hangu
 German or a Chinese particle into English. Data preparation's tokenizer stage counts every token
 of every training transcript per language (`language_tokens.json`, beside `tokenizer.model`).
 When an utterance is decoded with a given language and `decode.language_vocab_min_count` > 0,
-tokens that language used fewer times are blocked, in the alignment head's log-probabilities and
-in the decoder's logits (the language-specific output masks of multilingual CTC systems). An
-utterance whose language is predicted is not restricted.
+tokens that language used fewer times are blocked: the sampler applies a `LanguageFilter` to the
+decoder's logits, and the alignment head's reading (`whisfusion.prior`) renormalizes over the
+same tokens (the language-specific output masks of multilingual CTC systems). An utterance whose
+language is predicted is not restricted.
 
 The restriction functions are pure.
 """
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from whisfusion.canvas import add_per_utterance
 
 FILE_NAME = "language_tokens.json"
 # The score of a blocked token: exp(-1e4) is 0 in float32, yet the value stays finite, so
@@ -119,3 +122,18 @@ def blocked_bias(allowed: torch.Tensor) -> torch.Tensor:
     """(N, V) bool -> (N, 1, V) float: 0 on allowed tokens, BLOCKED on the others; added to
     the logits of every canvas position."""
     return torch.where(allowed, 0.0, BLOCKED)[:, None, :]
+
+
+@dataclass(frozen=True)
+class LanguageFilter:
+    """A logit filter for the sampler: each utterance writes only its allowed tokens.
+
+    allowed: (N, V) bool (`LanguageVocabulary.allowed`).
+    """
+
+    allowed: torch.Tensor
+
+    def apply(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """logits (N*K, L, V) of canvases tokens (N*K, L), utterance-major -> the same logits,
+        BLOCKED added on each utterance's blocked tokens."""
+        return add_per_utterance(logits, blocked_bias(self.allowed))

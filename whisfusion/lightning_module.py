@@ -8,11 +8,11 @@ import zlib
 import lightning as L
 import torch
 
-from whisfusion.alignment import ctc_loss, ctc_targets
 from whisfusion.callbacks.nonfinite import NonFiniteGuard, detached_zero_loss
+from whisfusion.checkpoint import CHECKPOINT_KEY, payload
 from whisfusion.config import RunConfig
 from whisfusion.data.feature_cache import FeatureCache
-from whisfusion.model import CHECKPOINT_KEY, Whisfusion
+from whisfusion.model import Whisfusion
 from whisfusion.optim import build_optimizer
 from whisfusion.schedule import MaskSchedule, diffusion_loss
 
@@ -83,8 +83,8 @@ class WhisfusionModule(L.LightningModule):
     def loss(self, batch: dict, step: int, generator: torch.Generator | None = None, features=None):
         """Training loss of a batch, its parts by name (for logging) and its corruption.
 
-        The loss is the diffusion loss, plus the alignment head's CTC loss times its weight
-        when the decoder has one.
+        The loss is the diffusion loss, plus the model's auxiliary losses (the alignment
+        prior's CTC loss) times their weights.
         """
         feats, valid = features if features is not None else self.features(batch)
         cache = self.model.cross_cache(feats, valid)
@@ -95,11 +95,10 @@ class WhisfusionModule(L.LightningModule):
         logits = self.model.decoder(corr.x_t, cache, canvas_valid)
         parts = {"diffusion_loss": diffusion_loss(logits, tokens, corr.weights)}
         loss = parts["diffusion_loss"]
-        if cache.ctc_log_probs is not None:
-            targets = ctc_targets(tokens, canvas_valid, self.model.tokenizer.eos_id)
-            blank = self.model.decoder.align.blank
-            parts["ctc_loss"] = ctc_loss(cache.ctc_log_probs, cache.key_valid, targets, blank)
-            loss = loss + self.cfg.model.decoder.align_ctc_weight * parts["ctc_loss"]
+        auxiliary = self.model.auxiliary_losses(cache, tokens, canvas_valid)
+        for name, (value, weight) in auxiliary.items():
+            parts[name] = value
+            loss = loss + weight * value
         return loss, parts, corr
 
     def training_step(self, batch: dict, batch_idx: int):
@@ -155,7 +154,7 @@ class WhisfusionModule(L.LightningModule):
         torch.manual_seed(self._generator().initial_seed() + 1)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = self.model.checkpoint_payload()
+        checkpoint[CHECKPOINT_KEY] = payload(self.model)
         checkpoint["nonfinite"] = self.nonfinite.state_dict()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -16,7 +16,7 @@ def param_groups(
     """Decay matrices only: norms, biases and embeddings get no weight decay.
 
     Args:
-        lr_scale: peak-lr multiplier per parameter-name prefix of `model` (e.g. {"align": 3.0});
+        lr_scale: peak-lr multiplier per parameter-name prefix of `model` (e.g. {"prior.head": 3});
             each group carries its multiplier under "lr_scale".
     Returns:
         one group per (decays, multiplier), the decaying groups first.

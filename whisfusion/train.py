@@ -23,6 +23,7 @@ from whisfusion.language_vocab import FILE_NAME as LANGUAGE_VOCAB_FILE
 from whisfusion.language_vocab import LanguageVocabulary
 from whisfusion.lightning_module import WhisfusionModule
 from whisfusion.model import Whisfusion
+from whisfusion.options import DecodeOptions
 from whisfusion.scoring import cer_line
 from whisfusion.slurm import cluster_plugins, slurm_job_id
 from whisfusion.tokenizer import Tokenizer
@@ -130,7 +131,8 @@ def run_training(cfg: RunConfig) -> Path:
     cfg.data.batch_size = plan.per_device
     tokenizer = Tokenizer.from_file(cfg.model.tokenizer.path)
     model = Whisfusion.from_config(cfg, tokenizer, language_vocab_beside(cfg, tokenizer))
-    model.check_decode(cfg.decode)  # before any training step, not at the first validation
+    # before any training step, not at the first validation
+    model.check_options(DecodeOptions.from_config(cfg.decode))
     module = WhisfusionModule(model)
     data = WhisfusionDataModule(cfg.data, cfg.model.canvas, tokenizer)
     validation = PDDValidation(cfg.decode, cfg.validation)

@@ -22,7 +22,6 @@ frozen encoder -> PDD -> detokenize and select.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import time
@@ -39,11 +38,10 @@ import torch
 from tqdm.auto import tqdm
 
 from whisfusion.audio import SAMPLE_RATE, load_audio
-from whisfusion.config import DecodeConfig
 from whisfusion.longform import merge_chunk_texts, plan_chunks
+from whisfusion.options import DecodeOptions
 from whisfusion.pdd import Transcript
-from whisfusion.pdd.select import METHODS
-from whisfusion.precision import decoding_precision, resolve_dtype
+from whisfusion.precision import decoding_precision
 from whisfusion.scoring.normalizers import unit_for
 
 if TYPE_CHECKING:
@@ -121,24 +119,6 @@ class _Chunk:
     # (S,) 16 kHz samples.
     audio: torch.Tensor
     language: str | None
-
-
-def with_overrides(base: DecodeConfig, **values) -> DecodeConfig:
-    """`base` with every non-None keyword replaced (steps, candidates, select, batch_size, ...).
-
-    Raises:
-        ValueError: a count below 1 or an unknown selection method.
-    """
-    cfg = dataclasses.replace(base, **{k: v for k, v in values.items() if v is not None})
-    for key in ("steps", "candidates", "batch_size"):
-        if getattr(cfg, key) < 1:
-            raise ValueError(f"decode {key} must be >= 1, got {getattr(cfg, key)}")
-    if cfg.select not in METHODS:
-        raise ValueError(
-            f"selection method must be one of {', '.join(METHODS)}; got '{cfg.select}'"
-        )
-    resolve_dtype(cfg.dtype, "cpu")  # raises for an unknown name
-    return cfg
 
 
 def check_languages(languages: Sequence[str | None], known: Sequence[str]) -> None:
@@ -237,7 +217,7 @@ def pack_batches(inputs: Iterator[list[_Chunk]], batch_size: int) -> Iterator[li
 def _decode_batch(
     model: Whisfusion,
     chunks: list[_Chunk],
-    decode: DecodeConfig,
+    options: DecodeOptions,
     generator: torch.Generator,
     return_trajectory: bool,
     times: StageTimes,
@@ -249,13 +229,13 @@ def _decode_batch(
         for row, chunk in enumerate(chunks):
             audio[row, : chunk.audio.numel()] = chunk.audio
         features, valid = model.encode(audio, lengths)
-    with times.stage("decode", model.device), decoding_precision(decode.dtype, model.device):
+    with times.stage("decode", model.device), decoding_precision(options.dtype, model.device):
         return model.decode_features(
             features,
             valid,
             (lengths / SAMPLE_RATE).tolist(),
             [c.language for c in chunks],
-            decode=decode,
+            options=options,
             generator=generator,
             return_trajectory=return_trajectory,
         )
@@ -273,7 +253,7 @@ def _combine(source: AudioSource, duration: float, parts: list[Transcript]) -> F
 def transcribe_sources(
     model: Whisfusion,
     sources: Sequence[AudioSource],
-    decode: DecodeConfig | None = None,
+    options: DecodeOptions | None = None,
     *,
     return_trajectory: bool = False,
     progress: bool = False,
@@ -282,15 +262,15 @@ def transcribe_sources(
     """Transcribe every source (module docstring); one result per source, in order.
 
     Args:
-        decode: decoding settings, `batch_size` included (default: the model's).
+        options: decoding settings, `batch_size` included (default: the model's config).
         progress: show a progress bar (one tick per input).
         times: accumulates the wall seconds of each stage, when given.
     """
-    decode = decode or model.cfg.decode
-    model.check_decode(decode)
+    options = options or DecodeOptions.from_config(model.cfg.decode)
+    model.check_options(options)
     times = times if times is not None else StageTimes()
     check_languages([s.language for s in sources], model.tokenizer.languages)
-    generator = torch.Generator().manual_seed(decode.seed)
+    generator = torch.Generator().manual_seed(options.seed)
     order = sorted(range(len(sources)), key=lambda i: -sources[i].duration)
     results: list[FileTranscript | None] = [None] * len(sources)
     # per input being decoded: its duration, the chunk count, and the chunk transcripts so far
@@ -313,8 +293,8 @@ def transcribe_sources(
             yield [_Chunk(i, audio[start:end], source.language) for start, end in spans]
 
     with bar:
-        for batch in pack_batches(chunked(), decode.batch_size):
-            transcripts = _decode_batch(model, batch, decode, generator, return_trajectory, times)
+        for batch in pack_batches(chunked(), options.batch_size):
+            transcripts = _decode_batch(model, batch, options, generator, return_trajectory, times)
             for chunk, transcript in zip(batch, transcripts, strict=True):
                 duration, count, parts = pending[chunk.source]
                 parts.append(transcript)
@@ -329,29 +309,30 @@ def transcribe_audio(
     model: Whisfusion,
     audio: AudioInput | Sequence[AudioInput],
     language: str | Sequence[str | None] | None = None,
-    steps: int | None = None,
-    candidates: int | None = None,
-    select: str | None = None,
+    options: DecodeOptions | None = None,
+    *,
     return_trajectory: bool = False,
-    batch_size: int | None = None,
     progress: bool = False,
+    **overrides,
 ) -> list[FileTranscript]:
-    """Transcribe paths and / or 1-D 16 kHz waveforms; one result per input, in order.
+    """Transcribe paths and / or 1-D 16 kHz waveforms; one result per input, in order
+    (`Whisfusion.transcribe`). Long audio is chunked and merged; unreadable inputs come back
+    with `error` set.
 
     Args:
         audio: a path, a waveform, or a list mixing them (any format and rate soundfile reads).
         language: one code for all inputs, one per input, or None to let the model predict it.
-        steps, candidates, select, batch_size: override the model's `DecodeConfig`.
+        options: decoding settings (default: the model's config).
         return_trajectory: keep each chunk's canvas after every denoising step.
         progress: show a progress bar.
+        overrides: `DecodeOptions` keys replacing those of `options` (steps=8, temperature=0.5,
+            ...); None values are ignored.
     """
-    decode = with_overrides(
-        model.cfg.decode, steps=steps, candidates=candidates, select=select, batch_size=batch_size
-    )
+    options = options or DecodeOptions.from_config(model.cfg.decode)
     return transcribe_sources(
         model,
         sources_from_inputs(audio, language),
-        decode,
+        options.replace(**overrides),
         return_trajectory=return_trajectory,
         progress=progress,
     )

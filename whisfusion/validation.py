@@ -16,6 +16,7 @@ import lightning as L
 import torch
 
 from whisfusion.config import DecodeConfig, ValidationConfig
+from whisfusion.options import DecodeOptions
 from whisfusion.precision import decoding_precision
 from whisfusion.scoring import Report, gather_counts, utterance_counts
 from whisfusion.scoring.report import metric_of
@@ -29,7 +30,7 @@ class PDDValidation(L.Callback):
     """Decodes and scores the outputs of `WhisfusionModule.validation_step`."""
 
     def __init__(self, decode: DecodeConfig, cfg: ValidationConfig):
-        self.decode, self.cfg = decode, cfg
+        self.options, self.cfg = DecodeOptions.from_config(decode), cfg
         self.report: Report | None = None
         # CER of every language (characters), beside the report in each language's own unit
         self.char_report: Report | None = None
@@ -55,15 +56,15 @@ class PDDValidation(L.Callback):
         keep_trajectory = self.cfg.log_trajectory and batch_idx == 0 and trainer.is_global_zero
         langs = list(batch["langs"])
         started = time.perf_counter()
-        with decoding_precision(self.decode.dtype, pl_module.model.device):
+        with decoding_precision(self.options.dtype, pl_module.model.device):
             transcripts = pl_module.model.decode_features(
                 outputs["features"],
                 outputs["feature_valid"],
                 batch["durations"].tolist(),
                 languages=None if self.cfg.predict_language else langs,
-                decode=self.decode,
+                options=self.options,
                 # the same noise at every validation, so changes come from the weights
-                generator=torch.Generator().manual_seed(self.decode.seed + batch_idx),
+                generator=torch.Generator().manual_seed(self.options.seed + batch_idx),
                 return_trajectory=keep_trajectory,
             )
         self._decode_s += time.perf_counter() - started

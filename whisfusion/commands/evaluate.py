@@ -40,10 +40,10 @@ from braceexpand import braceexpand
 
 from whisfusion.audio import load_audio
 from whisfusion.commands.transcribe import add_decode_options, decode_settings, load_model
-from whisfusion.config import DecodeConfig
 from whisfusion.data.manifest import read_manifest
 from whisfusion.data.shards import AUDIO_KEY, META_KEY, decode_sample, iter_shard, read_index
 from whisfusion.data.stats import BadSample
+from whisfusion.options import DecodeOptions
 from whisfusion.precision import resolve_dtype
 from whisfusion.scoring import Report, cer_line, score_in_both_units
 from whisfusion.scoring.normalizers import base_language
@@ -214,7 +214,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def timed_transcription(
-    model, items: list[EvalItem], decode: DecodeConfig, progress: bool
+    model, items: list[EvalItem], decode: DecodeOptions, progress: bool
 ) -> tuple[list[FileTranscript], dict[str, Any]]:
     """Warm up on the first batch (the longest utterances), then transcribe everything timed."""
     sources = [item.source for item in items]

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from whisfusion.config.decode import DECODE_DTYPES, DECODE_METHODS
+from whisfusion.pdd.sampler import REMASKING
 from whisfusion.pdd.select import METHODS
 
 # Suffixes of the formats libsndfile decodes, looked for inside directories.
@@ -55,6 +56,17 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--steps", type=int, help="denoising steps T (default: the checkpoint's)")
     p.add_argument("--candidates", type=int, help="candidate transcripts K per utterance")
+    p.add_argument(
+        "--remasking",
+        choices=REMASKING,
+        help="low_confidence: commit the most confident positions each step; random: re-mask "
+        "a share of the canvas each step (v1)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        help="sampling temperature of candidates 2..K (0 = all greedy)",
+    )
     p.add_argument("--select", choices=METHODS, help="how one candidate is picked")
     p.add_argument("--batch-size", type=int, help="utterances or chunks per decoding batch")
     p.add_argument("--seed", type=int, help="seed of the sampling noise")
@@ -118,7 +130,8 @@ def load_model(args: argparse.Namespace, command: str):
     """The checkpoint's model on the chosen device, or a clean exit saying why not."""
     import torch
 
-    from whisfusion.model import CheckpointError, Whisfusion
+    from whisfusion.checkpoint import CheckpointError
+    from whisfusion.model import Whisfusion
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -130,15 +143,17 @@ def load_model(args: argparse.Namespace, command: str):
 
 
 def decode_settings(model, args: argparse.Namespace, command: str):
-    """The model's DecodeConfig with the command line's overrides."""
-    from whisfusion.transcribe import with_overrides
+    """The model's decoding options with the command line's overrides, checked against it."""
+    from whisfusion.options import DecodeOptions
 
     try:
-        decode = with_overrides(
+        options = DecodeOptions.from_config(
             model.cfg.decode,
             method=args.method,
             steps=args.steps,
             candidates=args.candidates,
+            remasking=args.remasking,
+            temperature=args.temperature,
             select=args.select,
             batch_size=args.batch_size,
             seed=args.seed,
@@ -147,8 +162,8 @@ def decode_settings(model, args: argparse.Namespace, command: str):
             language_vocab_min_count=args.language_vocab_min_count,
             blank_penalty=args.blank_penalty,
         )
-        model.check_decode(decode)
-        return decode
+        model.check_options(options)
+        return options
     except ValueError as err:
         raise SystemExit(f"whisfusion {command}: {err}") from None
 
@@ -182,13 +197,13 @@ def run(args: argparse.Namespace) -> int:
             f"{', '.join(map(str, args.inputs))}"
         )
     model = load_model(args, "transcribe")
-    decode = decode_settings(model, args, "transcribe")
+    options = decode_settings(model, args, "transcribe")
     try:
         check_languages([args.language], model.tokenizer.languages)
     except ValueError as err:
         raise SystemExit(f"whisfusion transcribe: {err}") from None
     sources = sources_from_inputs([str(f) for f in files], args.language)
-    results = transcribe_sources(model, sources, decode, progress=sys.stderr.isatty())
+    results = transcribe_sources(model, sources, options, progress=sys.stderr.isatty())
     fmt = output_format(args)
     if args.output is None:
         write_results(results, fmt, sys.stdout)

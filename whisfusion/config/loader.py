@@ -71,6 +71,25 @@ def _merge(base: DictConfig, other: Any, origin: str) -> DictConfig:
         raise _explain(err, origin) from None
 
 
+# Keys of older configs: `model.size` named a preset and did nothing, so it is dropped; the
+# alignment head's parameters moved under the decoder's `prior` (its optimizer prefix with them).
+_RENAMED_LR_SCALE = {"align": "prior.head"}
+
+
+def _migrate(data: Any) -> Any:
+    """A config dict or YAML node of an older version in today's keys (see above)."""
+    data = OmegaConf.to_container(data) if isinstance(data, DictConfig) else data
+    if not isinstance(data, dict):
+        return data  # not a mapping: merging reports it
+    model = data.get("model")
+    if isinstance(model, dict):
+        model.pop("size", None)
+    scale = (data.get("optim") or {}).get("lr_scale")
+    if isinstance(scale, dict):
+        data["optim"]["lr_scale"] = {_RENAMED_LR_SCALE.get(k, k): v for k, v in scale.items()}
+    return data
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()):
     """Build a `RunConfig` from the defaults, an optional YAML file and `key=value` overrides.
 
@@ -86,7 +105,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()):
             loaded = OmegaConf.load(path)
         except Exception as err:  # yaml errors come in several types
             raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        cfg = _merge(cfg, loaded, str(path))
+        cfg = _merge(cfg, _migrate(loaded), str(path))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
@@ -96,7 +115,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()):
 
 def config_from_dict(data: dict, origin: str = "checkpoint"):
     """Rebuild a `RunConfig` from a plain dict (as saved in checkpoints)."""
-    return OmegaConf.to_object(_merge(OmegaConf.structured(_schema()), data, origin))
+    return OmegaConf.to_object(_merge(OmegaConf.structured(_schema()), _migrate(data), origin))
 
 
 def config_to_dict(cfg) -> dict:

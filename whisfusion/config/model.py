@@ -38,6 +38,9 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
+    # Which decoder (whisfusion.decoders): "diffusion", the paper's, trained from scratch; or
+    # "whisper", started from the pretrained decoder of the encoder's own Whisper checkpoint.
+    kind: str = "diffusion"
     # Transformer blocks (self-attention, cross-attention, SwiGLU MLP).
     layers: int = 2
     # Residual stream width d.
@@ -56,6 +59,8 @@ class DecoderConfig:
     # head: 2 reads Whisper's 20 ms frames as 40 ms ones, at half the cost of the head's output
     # layer and of cross-attention (whisfusion.decoder.stack_frames). 1 = every frame as it is.
     frame_stack: int = 1
+    # The align_* keys configure the CTC alignment prior (whisfusion.prior), an optional
+    # extension of the diffusion decoder, not part of the paper's model.
     # Hidden width of the CTC alignment head whose expected token positions bias cross-attention
     # (whisfusion.alignment); 0 = no head, the decoder learns alignment from data alone.
     align_hidden: int = 0
@@ -137,5 +142,3 @@ class ModelConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     canvas: CanvasConfig = field(default_factory=CanvasConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
-    # Optional name of the size preset this config was built from (informational).
-    size: str | None = None

@@ -17,7 +17,7 @@ class OptimConfig:
     warmup_steps: int = 200
     # Cosine decay ends at lr * min_lr_ratio at max_steps.
     min_lr_ratio: float = 0.1
-    # Peak-lr multipliers by decoder parameter-name prefix, e.g. {align: 3.0}: a head that
+    # Peak-lr multipliers by decoder parameter-name prefix, e.g. {"prior.head": 3.0}: a head that
     # learns faster than the Transformer can get a larger step; {} = one lr for all.
     lr_scale: dict[str, float] = field(default_factory=dict)
     # Gradient-norm clipping threshold (0 = off).

@@ -4,6 +4,7 @@ encoder = FrozenWhisperEncoder.from_pretrained("path/to/whisper-large-v3", windo
 features, valid = encoder.encode(audio, lengths)  # (B, T, 1280), (B, T)
 """
 
+from whisfusion.encoder.build import build_encoder
 from whisfusion.encoder.frozen import FrozenWhisperEncoder
 from whisfusion.encoder.loaders import LoadedWeights, detect_format, load_weights
 from whisfusion.encoder.model import AudioEncoder, EncoderDims
@@ -13,6 +14,7 @@ __all__ = [
     "EncoderDims",
     "FrozenWhisperEncoder",
     "LoadedWeights",
+    "build_encoder",
     "detect_format",
     "load_weights",
 ]

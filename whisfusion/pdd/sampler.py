@@ -34,6 +34,9 @@ in every row). temperature = 0 makes every row greedy: with low_confidence the K
 then identical; with random they still differ through their own re-mask draws (v1's only source
 of diversity).
 
+Logit filters (`LogitFilter`, e.g. the per-language vocabulary of whisfusion.language_vocab)
+change every step's logits before any token is chosen or scored.
+
 Early exit: the loop stops before T steps once no further step can change the canvas:
 low_confidence when no position is masked (committed tokens stay); random when the canvas holds
 no [MASK] and the last step reproduced the canvas of the step before (a fixed point).
@@ -43,14 +46,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from whisfusion.canvas import pad_canvases
-from whisfusion.config import DecodeConfig
+
+if TYPE_CHECKING:
+    from whisfusion.config import DecodeConfig
+    from whisfusion.options import DecodeOptions
 
 Denoise = Callable[[torch.Tensor, Any], torch.Tensor]
+
+
+class LogitFilter(Protocol):
+    """Changes the logits of every step before a token is chosen (e.g. blocks tokens)."""
+
+    def apply(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """logits (N*K, L, V) predicted for the canvases tokens (N*K, L) -> the same shape."""
+
 
 REMASKING = ("low_confidence", "random")
 
@@ -103,8 +117,8 @@ def canvas_for(
     return pad_canvases(rows, eos_id)
 
 
-def options_from_config(cfg: DecodeConfig) -> dict[str, Any]:
-    """The `pdd_decode` keyword arguments that come from a `DecodeConfig`."""
+def options_from_config(cfg: DecodeOptions | DecodeConfig) -> dict[str, Any]:
+    """The `pdd_decode` keyword arguments that come from decoding options."""
     return dict(
         candidates=cfg.candidates,
         steps=cfg.steps,
@@ -229,6 +243,7 @@ def pdd_decode(
     temperature: float,
     generator: torch.Generator | None = None,
     return_trajectory: bool = False,
+    logit_filters: Sequence[LogitFilter] = (),
 ) -> PDDResult:
     """Decode K candidate transcripts per utterance in at most `steps` denoiser calls.
 
@@ -245,6 +260,7 @@ def pdd_decode(
         generator: source of all randomness (same inputs and seed -> same output); None uses
             torch's global generator. Best on the canvas's device (else it seeds one there).
         return_trajectory: keep the (N, K, L) canvas after each step.
+        logit_filters: applied in order to the logits of every step (`LogitFilter`).
     """
     _check(canvas, valid, mask_id, candidates, steps, remasking, random_schedule, temperature)
     n, length = canvas.shape
@@ -274,6 +290,8 @@ def pdd_decode(
                 f"denoise returned logits {tuple(logits.shape)}; expected "
                 f"({x.shape[0]}, {length}, V) with V <= mask id {mask_id}"
             )
+        for logit_filter in logit_filters:
+            logits = logit_filter.apply(logits, x_in)
         pred, prob = predict(logits, sampled_rows, temperature, gen)
         steps_run += 1
 

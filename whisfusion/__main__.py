@@ -1,0 +1,7 @@
+"""`python -m whisfusion ...`: the same as the `whisfusion` command."""
+
+import sys
+
+from whisfusion.cli import main
+
+sys.exit(main())

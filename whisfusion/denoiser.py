@@ -1,0 +1,33 @@
+"""The decoder interface: what the sampler, validation, transcription and the CLI may ask of it.
+
+Any text decoder that denoises a masked canvas conditioned on audio fits beside the paper's
+(`whisfusion.decoder.DiffusionDecoder`); `whisfusion.decoders.build_decoder` builds the one a
+config names (`model.decoder.kind`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    # classes of the output head; [MASK] is not among them
+    vocab_size: int
+    # id of [MASK] on the canvas (== vocab_size)
+    mask_id: int
+
+    def cross_cache(self, features: Tensor, valid: Tensor) -> Any:
+        """features (N, S, E) frozen encoder output, valid (N, S) bool -> an opaque cache of N
+        utterances (cross-attention keys/values computed once, reused for every step and every
+        one of the K candidate rows)."""
+
+    def forward(self, tokens: Tensor, cache: Any, canvas_valid: Tensor | None = None) -> Tensor:
+        """tokens (N*K, L) canvas ids, utterance-major (row n*K + k is candidate k of utterance
+        n), [MASK] = mask_id; canvas_valid (N*K, L) bool -> logits (N*K, L, vocab_size) float:
+        for every canvas position, the distribution of the clean token there."""
+
+    def __call__(self, tokens: Tensor, cache: Any, canvas_valid: Tensor | None = None) -> Tensor:
+        """`forward` (an `nn.Module` call)."""
