@@ -20,7 +20,8 @@ NODES ?= 1
 GPUS ?= 8
 SLURM_ARGS ?=
 
-.PHONY: setup tts espeak test quicktest train data baseline slurm lint tensorboard bench clean-venv
+.PHONY: setup tts espeak test quicktest train data baseline slurm lint tensorboard bench bench-train \
+  clean-venv
 
 setup: $(STAMP)
 
@@ -83,6 +84,12 @@ baseline: setup
 # Decoding-speed benchmark, CPU profile (minutes): writes bench/out/, updates bench/RESULTS.md.
 bench: setup tts
 	$(PY) -m bench.decoding
+
+# Training-throughput benchmark (minutes): step time by part, samples/s, data workers; writes
+# bench/out/training-<profile>.{json,md}. PROFILE=gpu times the paper's shapes on a GPU.
+PROFILE ?= cpu
+bench-train: setup
+	$(PY) -m bench.training --profile $(PROFILE)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -20,11 +20,13 @@ from bench.profiles import ARShape
 PROMPT = (50258, 50259, 50359, 50363)
 
 
-def build_whisper(shape: ARShape, device: torch.device) -> WhisperForConditionalGeneration:
+def build_whisper(
+    shape: ARShape, device: torch.device, encoder_layers: int = 1
+) -> WhisperForConditionalGeneration:
     """A randomly initialised Whisper with the decoder of `shape`; float32, eval mode.
 
-    The encoder is cut to one block: it is never run (decoders get precomputed features), so
-    only the decoder's shape matters.
+    The encoder has `encoder_layers` blocks: one by default, for timing the decoder alone on
+    precomputed features (the encoder is not run, so only the decoder's shape matters).
     """
     config = WhisperConfig(
         vocab_size=shape.vocab,
@@ -33,7 +35,7 @@ def build_whisper(shape: ARShape, device: torch.device) -> WhisperForConditional
         decoder_layers=shape.layers,
         decoder_attention_heads=shape.heads,
         decoder_ffn_dim=shape.ffn,
-        encoder_layers=1,
+        encoder_layers=encoder_layers,
         encoder_attention_heads=shape.heads,
         encoder_ffn_dim=shape.ffn,
         max_source_positions=1500,

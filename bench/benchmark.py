@@ -98,6 +98,38 @@ def write_outputs(result: dict, out_dir: Path | None, results_path: Path | None)
         update_results(results_path, result["profile"], markdown)
 
 
+def run_e2e_benchmark(
+    profile: Profile, threads: int, out_dir: Path | None, results_path: Path | None
+) -> dict:
+    """The end-to-end comparison of `profile` (bench.e2e); writes e2e.json / e2e.md under
+    `out_dir` and the `<profile>-e2e` section of `results_path`; returns the result."""
+    from bench.e2e import run_e2e
+    from bench.report import render_e2e_markdown
+
+    if profile.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available here")
+    torch.set_num_threads(threads)
+    machine = describe_machine(torch.device(profile.device))
+    e2e = run_e2e(profile, threads)
+    machine["load_average_at_end"] = load_average()
+    machine["under_load"] = machine["load_average_at_start"][0] >= BUSY_LOAD
+    result = {
+        "profile": f"{profile.name}-e2e",
+        "date": time.strftime("%Y-%m-%d"),
+        "threads": threads,
+        "machine": machine,
+        "e2e": e2e,
+    }
+    markdown = render_e2e_markdown(result)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "e2e.json").write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        (out_dir / "e2e.md").write_text(markdown, encoding="utf-8")
+    if results_path is not None:
+        update_results(results_path, result["profile"], markdown)
+    return result
+
+
 def run_benchmark(
     profile: Profile,
     threads: int,

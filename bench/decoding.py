@@ -8,6 +8,8 @@
 Same machine, same encoder output, same transcript lengths N for every decoder. Writes
 `decoding.json` (every measurement and the machine), `decoding.md` (tables and summary) and
 `decoding.png` (time against N) under --out, and replaces this profile's section of --results.
+Then the end-to-end comparison on 2-30 s clips (`bench.e2e`; `--no-e2e` skips it, `--e2e-only`
+runs it alone): `e2e.json`, `e2e.md` and the `<profile>-e2e` section of --results.
 """
 
 from __future__ import annotations
@@ -74,6 +76,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="results file whose section for this profile is replaced (%(default)s)",
     )
     p.add_argument("--no-results", action="store_true", help="leave the results file alone")
+    e2e = p.add_mutually_exclusive_group()
+    e2e.add_argument(
+        "--no-e2e", action="store_true", help="skip the end-to-end comparison on real clips"
+    )
+    e2e.add_argument("--e2e-only", action="store_true", help="run only the end-to-end comparison")
 
 
 def profile_from_args(args: argparse.Namespace) -> Profile:
@@ -90,19 +97,20 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bench.benchmark import run_benchmark  # heavy imports only when running
+    from bench.benchmark import run_benchmark, run_e2e_benchmark  # heavy imports when running
     from bench.machine import idle_cores
-    from bench.report import render_markdown
+    from bench.report import render_e2e_markdown, render_markdown
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
-    result = run_benchmark(
-        profile_from_args(args),
-        args.threads or idle_cores(),
-        args.out,
-        None if args.no_results else args.results,
-        with_reference=not args.no_reference,
-    )
-    print(render_markdown(result))
+    profile, threads = profile_from_args(args), args.threads or idle_cores()
+    results = None if args.no_results else args.results
+    if not args.e2e_only:
+        result = run_benchmark(
+            profile, threads, args.out, results, with_reference=not args.no_reference
+        )
+        print(render_markdown(result))
+    if not args.no_e2e:
+        print(render_e2e_markdown(run_e2e_benchmark(profile, threads, args.out, results)))
     return 0
 
 

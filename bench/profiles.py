@@ -18,7 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from whisfusion.config import DecodeConfig, DecoderConfig, load_config
+from whisfusion.precision import resolve_dtype
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -133,6 +136,7 @@ class Profile:
     # Where every model runs.
     device: str
     # Autocast dtype (a torch dtype name) of every model timed; None = float32 throughout.
+    # The profiles take what `decode.dtype`'s default means on their device.
     autocast: str | None
     # The encoder whose output all decoders share.
     encoder: EncoderShape
@@ -158,6 +162,17 @@ class Profile:
     max_time_s: float
     # Use the real Whisper-base weights when installed (and time faster-whisper on them).
     real_weights: bool
+    # End to end (bench.e2e): the whisfusion config whose pipeline is timed ...
+    e2e_config: str = "tiny"
+    # ... at these batch sizes (1 = one clip after another; the largest holds every clip) ...
+    e2e_batches: tuple[int, ...] = (1, 16)
+    # ... against Whisper-base in CTranslate2 at this compute type (None: not timed; it needs
+    # the real weights) ...
+    e2e_ct2: str | None = None
+    # ... and against the profile's AR shapes in Transformers with a static KV cache.
+    e2e_transformers: bool = False
+    # Config overrides of the timed whisfusion pipeline (key=value).
+    e2e_overrides: tuple[str, ...] = ()
 
     def __post_init__(self):
         if self.warmup < 1 or self.repeats < 1 or self.shape_warmup < 0:
@@ -198,6 +213,12 @@ class Profile:
         )
 
 
+def default_autocast(device: str) -> str | None:
+    """The autocast dtype name users decode with on `device` (`decode.dtype`'s default)."""
+    dtype = resolve_dtype(DecodeConfig().dtype, device)
+    return None if dtype == torch.float32 else str(dtype).removeprefix("torch.")
+
+
 LENGTHS = (16, 32, 64, 128, 256)
 BATCHES = (1, 16)
 
@@ -211,7 +232,7 @@ def cpu_profile() -> Profile:
     return Profile(
         name="cpu",
         device="cpu",
-        autocast=None,
+        autocast=default_autocast("cpu"),
         encoder=WHISPER_BASE_ENCODER,
         pdd=(
             PDDRun(pdd_shape("tiny"), small),
@@ -227,6 +248,9 @@ def cpu_profile() -> Profile:
         repeats=3,
         max_time_s=3.0,
         real_weights=True,
+        e2e_config="demo",
+        # faster-whisper's usual CPU setting, its fastest here
+        e2e_ct2="int8",
     )
 
 
@@ -234,7 +258,7 @@ def gpu_profile() -> Profile:
     return Profile(
         name="gpu",
         device="cuda",
-        autocast="bfloat16",
+        autocast=default_autocast("cuda"),
         encoder=WHISPER_LARGE_V3_ENCODER,
         pdd=(PDDRun(pdd_shape("large"), grid(BATCHES, (1, 2, 4, 8), (1, 4, 8, 16))),),
         recommend_for="large",
@@ -247,6 +271,10 @@ def gpu_profile() -> Profile:
         max_time_s=10.0,
         # no large-v3 weights ship on PyPI; a random encoder of the same shape costs the same
         real_weights=False,
+        e2e_config="large",
+        e2e_transformers=True,
+        # at batch 1 a GPU decoder is bound by kernel launches: capture the steps
+        e2e_overrides=("decode.compile=true",),
     )
 
 

@@ -259,3 +259,55 @@ def update_results(path: Path, profile: str, markdown: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
+
+
+def render_e2e_markdown(result: dict) -> str:
+    """The end-to-end section: each system's wall time per batch size, RTFx and the ratios."""
+    e2e, machine = result["e2e"], result["machine"]
+    decode = e2e["decode"]
+    clips = e2e["clips_s"]
+    lines = [
+        f"## End to end: {result['profile']} profile ({result['date']})",
+        "",
+        _machine_line(machine),
+        "",
+        f"{len(clips)} {e2e['audio']} clips of {min(clips)} to {max(clips)} s "
+        f"({sum(clips):.1f} s in all), each system on the same clips and device, "
+        f"`torch.set_num_threads({result['threads']})`. whisfusion: `configs/"
+        f"{e2e['config']}.yaml`'s pipeline (encoder {e2e['encoder']}, random decoder weights: "
+        f"the cost does not depend on them), T = {decode['steps']}, K = {decode['candidates']}, "
+        f"{decode['select']} selection, decode.dtype {decode['dtype']}, with selection and "
+        "detokenizing. Encoder: the log-mel and encoder seconds inside whisfusion's run (the "
+        "floor). Each row is one timed pass over every clip after an untimed one.",
+        "",
+    ]
+    if e2e.get("ct2_not_timed"):
+        lines += [f"CTranslate2 not timed: {e2e['ct2_not_timed']}.", ""]
+    body = []
+    for batch in e2e["batches"]:
+        rows = [r for r in e2e["rows"] if r["batch"] == batch]
+        ours = next(r for r in rows if r["system"] == "whisfusion")
+        floor = ours["stages"].get("encode", 0.0)
+        body.append(
+            [batch, "encoder alone", f"{floor:.2f}", f"{ours['audio_s'] / floor:.1f}", "", ""]
+        )
+        for r in rows:
+            body.append(
+                [
+                    batch,
+                    r["system"],
+                    f"{r['wall_s']:.2f}",
+                    f"{r['audio_s'] / r['wall_s']:.1f}",
+                    f"{r['wall_s'] / floor:.2f}",
+                    f"{r['wall_s'] / ours['wall_s']:.2f}",
+                ]
+            )
+    header = ["batch", "system", "s", "RTFx", "x encoder", "x whisfusion"]
+    lines += [
+        _table(header, body),
+        "",
+        "x encoder: wall time over the encoder's (whisfusion's ideal is 1); x whisfusion: wall "
+        "time over whisfusion's (above 1: whisfusion is faster).",
+        f"Load average at the end: {'/'.join(map(str, e2e['load_average_at_end']))}.",
+    ]
+    return "\n".join(lines) + "\n"

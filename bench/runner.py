@@ -8,7 +8,6 @@ preceded by `profile.warmup` untimed runs of its cheapest setting, and each meas
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -23,14 +22,14 @@ from bench.profiles import Profile
 from bench.timing import time_call
 from whisfusion.audio import SAMPLE_RATE
 from whisfusion.encoder import FrozenWhisperEncoder
+from whisfusion.precision import decoding_precision
 
 log = logging.getLogger(__name__)
 
 
-def autocast(profile: Profile, device: torch.device) -> contextlib.AbstractContextManager:
-    if profile.autocast is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=getattr(torch, profile.autocast))
+def autocast(profile: Profile, device: torch.device):
+    """The profile's precision as decoding applies it (autocast, TF32 on CUDA)."""
+    return decoding_precision(profile.autocast or "float32", device)
 
 
 def measure(profile: Profile, device: torch.device, fn: Callable[[], object], **fields) -> dict:

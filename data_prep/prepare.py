@@ -322,6 +322,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-lines", type=int, help="tokenizer training lines per language")
     p.add_argument("--shard-size-mb", type=float, help="target shard size (MB)")
     p.add_argument("--shard-samples", type=int, help="samples per shard (overrides size)")
+    p.add_argument(
+        "--streams", type=int, help="training streams (ranks x workers) to cut shards for"
+    )
     p.add_argument("--seed", type=int, help="seed of sampling (and of the demo corpus)")
     demo = DemoConfig()
     p.add_argument("--train-per-lang", type=int, default=demo.train_per_lang, help="demo only")
@@ -350,6 +353,7 @@ def _settings(args: argparse.Namespace) -> PrepSettings:
         ("tokenizer_lines", "tokenizer_lines"),
         ("shard_size_mb", "shard_size_mb"),
         ("shard_samples", "shard_samples"),
+        ("streams", "streams"),
         ("seed", "seed"),
     ]:
         if getattr(args, arg) is not None:

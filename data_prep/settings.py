@@ -49,8 +49,12 @@ class PrepSettings:
     tokenizer_lines: int = 100_000
     # Target shard size in MB; with the mean duration of a language it sets samples per shard.
     shard_size_mb: float = 1000.0
-    # Samples per shard; overrides shard_size_mb when > 0.
+    # Samples per shard; overrides shard_size_mb (and streams) when > 0.
     shard_samples: int = 0
+    # Training streams the shards are cut for (ranks x data.num_workers; 512 = 64 GPUs x 8
+    # workers): training shards are made small enough that each language has this many, down
+    # to data_prep.stages.MIN_SHARD_MB; 0 = by shard_size_mb alone.
+    streams: int = 512
     # Worker processes for probing audio, writing and verifying shards (1 = no workers).
     jobs: int = 2
     # Seed of the tokenizer's line sampling.
@@ -78,6 +82,10 @@ class PrepSettings:
                 "seed": self.seed,
             },
             "filter": {"canvas": canvas},
-            "shards": {"shard_size_mb": self.shard_size_mb, "shard_samples": self.shard_samples},
+            "shards": {
+                "shard_size_mb": self.shard_size_mb,
+                "shard_samples": self.shard_samples,
+                "streams": self.streams,
+            },
             "verify": {},
         }[stage]

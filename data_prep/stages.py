@@ -59,6 +59,9 @@ PROBE_CHUNK = 256
 # Bytes per second of 16 kHz 16-bit mono speech in FLAC (about 60% of the raw 32 kB/s); only
 # used to turn a target shard size into a sample count.
 FLAC_BYTES_PER_SECOND = 20_000
+# Smallest training shard (MB) cut to give every stream its own: below this, opening a file
+# costs more than reading it on a network file system.
+MIN_SHARD_MB = 16.0
 # SentencePiece character coverage when the vocabulary has room for it, and its lowest
 # accepted value.
 MAX_CHARACTER_COVERAGE = 0.9995
@@ -339,11 +342,18 @@ def stage_filter(s: PrepSettings, stage_hash: str) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- stage 3: shards
 
 
-def samples_per_shard(s: PrepSettings, hours: float, utterances: int) -> int:
+def samples_per_shard(s: PrepSettings, hours: float, utterances: int, split: str) -> int:
+    """Samples per shard of one language: `shard_size_mb` worth, and for training small enough
+    that the language has `streams` shards (one per training stream), but no smaller than
+    `MIN_SHARD_MB` worth."""
     if s.shard_samples > 0:
         return s.shard_samples
     mean_bytes = hours * 3600.0 / max(utterances, 1) * FLAC_BYTES_PER_SECOND
-    return max(1, round(s.shard_size_mb * 1e6 / mean_bytes))
+    n = max(1, round(s.shard_size_mb * 1e6 / mean_bytes))
+    if split == "train" and s.streams > 0:
+        floor = max(1, round(MIN_SHARD_MB * 1e6 / mean_bytes))
+        n = min(n, max(floor, math.ceil(utterances / s.streams)))
+    return n
 
 
 def write_shard_job(job: tuple[Path, str, str, str, list[Utterance]]) -> dict[str, Any]:
@@ -362,7 +372,7 @@ def write_shard_job(job: tuple[Path, str, str, str, list[Utterance]]) -> dict[st
 def _shard_jobs(s: PrepSettings, filtered: dict, stage_hash: str):
     for split in SPLITS:
         for lang, totals in sorted(filtered[split].items()):
-            n = samples_per_shard(s, totals["hours"], totals["utterances"])
+            n = samples_per_shard(s, totals["hours"], totals["utterances"], split)
             manifest = s.out / "manifests" / split / f"{lang}.jsonl"
             for k, utts in enumerate(_chunks(read_manifest(manifest), n)):
                 rel = f"shards/{split}/{lang}-{k:06d}.tar"

@@ -269,3 +269,31 @@ def test_replacing_one_dimension_keeps_the_others():
     assert replace_in_settings(settings) == settings
     assert replace_in_settings(settings, candidates=[2]) == ((1, 1, 2), (1, 4, 2), (16, 4, 2))
     assert replace_in_settings(settings, batches=[1]) == ((1, 1, 1), (1, 4, 8))
+
+
+def test_e2e_times_every_system_on_the_same_clips(tmp_path):
+    from bench.benchmark import run_e2e_benchmark
+    from bench.e2e import run_e2e
+
+    profile = tiny_profile(
+        e2e_config="tiny", e2e_batches=(1, 2), e2e_ct2="int8", e2e_transformers=True
+    )
+    e2e = run_e2e(profile, threads=1, clips_seconds=(2.0, 3.5))
+    assert e2e["clips_s"] == [2.0, 3.5]
+    systems = {(r["system"], r["batch"]) for r in e2e["rows"]}
+    names = {"whisfusion", "whisper-base ct2 int8", "transformers tiny-ar (static cache)"}
+    assert systems == {(s, b) for s in names for b in (1, 2)}
+    for r in e2e["rows"]:
+        assert r["wall_s"] > 0 and r["audio_s"] == pytest.approx(5.5, abs=1e-3)
+        if r["system"] == "whisfusion":
+            assert 0 < r["stages"]["encode"] < r["wall_s"]
+    # the section renders and lands in the results file beside the decoder sections
+    result = run_e2e_benchmark(
+        dataclasses.replace(profile, e2e_batches=(2,), e2e_ct2=None, e2e_transformers=False),
+        1,
+        tmp_path / "out",
+        tmp_path / "RESULTS.md",
+    )
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "<!-- bench:cpu-e2e:start -->" in text and "| 2 | encoder alone |" in text
+    assert result["e2e"]["decode"]["steps"] == 4

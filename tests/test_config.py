@@ -88,3 +88,32 @@ def test_every_field_has_a_comment():
         src = inspect.getsource(cls).splitlines()
         idx = next(i for i, line in enumerate(src) if line.strip().startswith(f"{f.name}:"))
         assert src[idx - 1].strip().startswith("#"), f"{cls.__name__}.{f.name} has no comment"
+
+
+def test_large_config_is_the_methods_model():
+    from whisfusion.schedule import MaskSchedule
+    from whisfusion.train import build_strategy
+
+    cfg = load_config(CONFIGS / "large.yaml")
+    enc, dec, sched = cfg.model.encoder, cfg.model.decoder, cfg.model.schedule
+    # the last encoder block (through Whisper's final LayerNorm), 30 s windows
+    assert (enc.output_layer, enc.window) == (0, "full")
+    assert (dec.layers, dec.width, dec.heads, dec.frame_stack) == (16, 1024, 16, 1)
+    assert cfg.model.tokenizer.vocab_size == 32000
+    # no alignment head, nor anything that reads one
+    align = {f.name: getattr(dec, f.name) for f in dataclasses.fields(dec)}
+    off = {
+        "align_hidden": 0,
+        "align_context": 0,
+        "align_token_memory": False,
+        "align_token_input": False,
+        "align_best_path": False,
+        "align_logit_weight": 0.0,
+    }
+    assert {k: align[k] for k in off} == off
+    # phase A from scratch (eps 1e-3), then phase B t ~ U(0.7, 1) from a switch step, no mixture
+    assert (sched.eps, sched.high_low, sched.high_high) == (1e-3, 0.7, 1.0)
+    assert sched.switch_step > 0 and sched.high_mask_share == 0.0
+    MaskSchedule(sched)  # accepted as it is
+    assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.strategy == "ddp"
+    build_strategy(cfg)

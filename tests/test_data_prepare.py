@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 from data_fixtures import tone_corpus, write_audio
 
+from data_prep import stages
 from data_prep.prepare import main, run
 from data_prep.settings import PrepSettings, Source
 from data_prep.stages import MAX_CHARACTER_COVERAGE, STAGES, PrepError, balanced_lines
@@ -275,3 +276,21 @@ def test_flac_sources_at_16k_are_copied_sample_exactly(tmp_path):
     decoded, rate = sf.read(io.BytesIO(flac), dtype="float32")
     source, _ = sf.read(root / "a.flac", dtype="float32")
     assert rate == 16000 and (decoded == source).all() and data.shape == source.shape
+
+
+def test_training_shards_are_cut_for_the_streams():
+    s = PrepSettings(out=Path("/tmp/unused"), sources=[], shard_size_mb=1000.0, streams=512)
+    per_utt = 10.0  # seconds
+    for hours, expect_streams in [(2000.0, True), (30.0, False)]:
+        utts = int(hours * 3600 / per_utt)
+        n = stages.samples_per_shard(s, hours, utts, "train")
+        shards = math.ceil(utts / n)
+        shard_mb = n * per_utt * stages.FLAC_BYTES_PER_SECOND / 1e6
+        if expect_streams:  # a large language: one shard per stream at least
+            assert shards >= 512 and shard_mb <= 1000.0
+        else:  # a small one: as many as the smallest shard size allows
+            assert shards < 512 and shard_mb == pytest.approx(stages.MIN_SHARD_MB, rel=0.01)
+        # validation shards keep the size target; streams 0 turns the rule off
+        assert stages.samples_per_shard(s, hours, utts, "valid") >= n
+    s.streams = 0
+    assert stages.samples_per_shard(s, 2000.0, 720_000, "train") == round(1000e6 / 200_000)

@@ -5,7 +5,7 @@ import pytest
 import torch
 from model_fixtures import feature_batches, fit_batches, tiny_model
 
-from whisfusion.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError, detached_zero_loss
+from whisfusion.callbacks.nonfinite import NonFiniteGuard, NonFiniteLossError, gradient_norm
 from whisfusion.lightning_module import WhisfusionModule
 
 
@@ -31,11 +31,14 @@ def test_guard_counts_and_stops_after_a_run():
     assert (restored.skipped, restored.in_row) == (4, 3)
 
 
-def test_detached_zero_loss_gives_zero_gradients_to_every_parameter():
+def test_gradient_norm_is_the_norm_of_all_gradients_and_sees_a_nan():
     lin = torch.nn.Linear(3, 2)
-    lin.bias.requires_grad_(False)
-    detached_zero_loss(lin).backward()
-    assert torch.equal(lin.weight.grad, torch.zeros(2, 3)) and lin.bias.grad is None
+    assert gradient_norm(lin) == 0  # no gradient yet
+    lin(torch.randn(4, 3)).square().sum().backward()
+    expected = torch.cat([lin.weight.grad.flatten(), lin.bias.grad]).norm()
+    assert torch.allclose(gradient_norm(lin), expected)
+    lin.weight.grad[1, 2] = float("nan")
+    assert not torch.isfinite(gradient_norm(lin))
 
 
 def _batches(model, n: int, nan_at: set[int]) -> list[dict]:

@@ -76,6 +76,10 @@ def test_manifest_evaluation_matches_the_score_command(checkpoint, corpus, tmp_p
     speed = results["speed"]
     assert speed["audio_seconds"] == pytest.approx(sum(0.8 + 0.4 * i for i in range(6)), abs=1e-3)
     assert speed["rtfx"] > 0 and 0 < speed["encoder_seconds"] <= speed["wall_seconds"]
+    # every stage of the pipeline is inside the timed wall
+    assert set(speed["stage_seconds"]) == {"load", "encode", "decode"}
+    assert sum(speed["stage_seconds"].values()) <= speed["wall_seconds"]
+    assert speed["dtype"] == "float32"  # decode.dtype auto on the CPU
     assert [r["id"] for r in lines(out / "ref.jsonl")] == [
         f"{lang}-{i}" for i, lang in enumerate(LANGS)
     ]

@@ -98,3 +98,8 @@ def test_loss_ignores_unmasked_positions():
     ).view(2, 6)
     expect = ((ce * masked).sum(1) / (t * 6)).mean()
     assert math.isclose(loss.item(), float(expect), rel_tol=1e-5)
+
+
+def test_switch_step_with_a_mixture_is_refused():
+    with pytest.raises(ValueError, match="switch_step=10 and schedule.high_mask_share=0.5"):
+        MaskSchedule(ScheduleConfig(switch_step=10, high_mask_share=0.5))

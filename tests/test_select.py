@@ -1,9 +1,11 @@
+import random
+
 import pytest
 import torch
 
 from whisfusion.canvas import build_canvas, pad_canvases
 from whisfusion.pdd import PDDResult, best_index, canvas_for, decode_result, pdd_decode, select
-from whisfusion.pdd.select import MASK_SHOWN, mbr_index, rover
+from whisfusion.pdd.select import MASK_SHOWN, mbr_index, rover, rover_units, special_table
 from whisfusion.tokenizer import train_tokenizer
 
 TEXTS = {
@@ -147,3 +149,24 @@ def test_predicted_language_and_cjk_units(tok):
     out = decode_result(res, tok, "rover")[0]
     assert out.text == "我们今天去公园" and out.language == "zh"
     assert decode_result(res, tok, "mbr", ["ja"])[0].language == "ja"
+
+
+def test_vectorized_rover_matches_the_pure_python_baseline():
+    from bench.selection import cjk_batch, python_rover
+
+    rng = random.Random(1)
+    batches = cjk_batch(seed=3)[:4]
+    words = [" ".join(rng.choice("ab cd ef gh".split()) for _ in range(rng.randint(0, 9)))]
+    batches.append(words + [" ".join(rng.sample("ab cd ef gh ij".split(), 3)) for _ in range(5)])
+    for texts in batches:
+        ranking = list(range(len(texts)))
+        rng.shuffle(ranking)
+        for unit in ("char", "word"):
+            assert rover_units(texts, ranking, unit) == python_rover(texts, ranking, unit)
+
+
+def test_special_table_is_built_once_per_tokenizer(tok):
+    table = special_table(tok)
+    assert special_table(tok) is table
+    assert bool(table[tok.eos_id]) and bool(table[tok.mask_id])
+    assert not bool(table[tok.encode("cat")[-1]])

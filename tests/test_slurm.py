@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.fabric.plugins.environments import LightningEnvironment, SLURMEnvironment
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy
 from torch.utils.data import DataLoader, IterableDataset
 from train_fixtures import (
     TINY,
@@ -198,11 +198,11 @@ def test_trainer_picks_up_slurm(tmp_path, monkeypatch):
 
 def test_strategies():
     ddp = build_strategy(load_config(TINY, ["trainer.strategy=ddp"]))
-    assert isinstance(ddp, DDPStrategy) and ddp._ddp_kwargs == {"find_unused_parameters": False}
-    fsdp = build_strategy(load_config(TINY, ["trainer.strategy=fsdp"]))
-    assert isinstance(fsdp, FSDPStrategy)
-    with pytest.raises(ValueError, match="ema_decay"):
-        build_strategy(load_config(TINY, ["trainer.strategy=fsdp", "trainer.ema_decay=0.99"]))
+    assert isinstance(ddp, DDPStrategy)
+    assert ddp._ddp_kwargs == {"find_unused_parameters": False, "broadcast_buffers": False}
+    for sharded in ("fsdp", "fsdp_cpu_offload", "deepspeed_stage_2"):
+        with pytest.raises(ValueError, match=f"trainer.strategy={sharded} is not supported"):
+            build_strategy(load_config(TINY, [f"trainer.strategy={sharded}"]))
     assert build_strategy(load_config(TINY, ["trainer.strategy=auto"])) == "auto"
 
 

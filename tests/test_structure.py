@@ -53,6 +53,7 @@ def test_decode_options_are_built_once_checked_and_frozen():
         ({"steps": 0}, "steps must be >= 1"),
         ({"temperature": -0.5}, "temperature must be >= 0"),
         ({"remasking": "greedy"}, "remasking must be one of"),
+        ({"dtype": "int8"}, "decode.dtype must be one of"),
         ({"random_schedule": [1.5]}, r"random_schedule needs shares in \[0, 1\]"),
         ({"beam": 4}, "unknown decode options: beam"),
     ]:

@@ -40,7 +40,7 @@ def test_validation_logs_scores_examples_and_trajectory(tmp_path, capsys):
         "val/err_english",
         "val/wer_avg",
         "val/cer_mean",
-        "val/rtfx",
+        "val/decode_rtfx",
         "data/train/read",
         "data/train/kept",
         "data/train/skipped/nan_audio",

@@ -4,9 +4,10 @@
 
 Writes into $PROBE_DIR, one line per training step and rank, flushed at once (so a process
 killed with SIGKILL leaves every finished line):
-    steps-rank<R>.jsonl       {"step", "loss", "lr", "ids", "skipped"}: the global step the
-                              batch trains, its loss, the learning rate, the utterance ids of
-                              the batch, non-finite steps skipped before it
+    steps-rank<R>.jsonl       {"step", "loss", "lr", "ids", "skipped", "mask_seed"}: the global
+                              step the batch trains, its loss, the learning rate, the utterance
+                              ids of the batch, non-finite steps skipped before it, the seed of
+                              the generator its masks were drawn with
     start-rank<R>.json        {"step", "environment", "auto_requeue"} at train start
     decoder-start-rank<R>.pt  the decoder's weights when training starts
     decoder-rank<R>.pt        the decoder's weights when training ends
@@ -26,6 +27,7 @@ import torch
 
 from whisfusion import cli
 from whisfusion.lightning_module import WhisfusionModule
+from whisfusion.schedule import MaskSchedule
 
 OUT = Path(os.environ["PROBE_DIR"])
 STOP_AT = int(os.environ.get("PROBE_STOP_AT", "0"))
@@ -38,6 +40,14 @@ def _append(name: str, record: dict) -> None:
     with open(OUT / name, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
+
+
+_MASK_SEED: list[int | None] = [None]
+
+
+def corrupt(self, tokens, valid, mask_id, step, generator=None):
+    _MASK_SEED[0] = None if generator is None else generator.initial_seed()
+    return _corrupt(self, tokens, valid, mask_id, step, generator)
 
 
 def training_step(self, batch, batch_idx):
@@ -53,6 +63,7 @@ def training_step(self, batch, batch_idx):
             "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
             "ids": list(batch["ids"]),
             "skipped": self.nonfinite.skipped,
+            "mask_seed": _MASK_SEED[0],
         },
     )
     return loss
@@ -80,6 +91,8 @@ def on_train_end(self):
     torch.save(self.model.decoder.state_dict(), OUT / f"decoder-rank{self.global_rank}.pt")
 
 
+_corrupt = MaskSchedule.corrupt
+MaskSchedule.corrupt = corrupt
 _training_step = WhisfusionModule.training_step
 _on_train_start = WhisfusionModule.on_train_start
 WhisfusionModule.training_step = training_step

@@ -18,12 +18,14 @@ import hashlib
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from lightning.pytorch import Callback
 
+# Checkpoint key of the batch plan that trained it.
+BATCH_PLAN_KEY = "batch_plan"
 # Parts of a rank's fingerprint, in gather order.
 FINGERPRINT_PARTS = ("config", "tokenizer", "shards")
 
@@ -48,6 +50,9 @@ class BatchPlan:
     @property
     def global_batch(self) -> int:
         return self.per_device * self.accumulate * self.world_size
+
+    def as_dict(self) -> dict[str, int]:
+        return {**asdict(self), "global_batch": self.global_batch}
 
 
 def plan_batches(global_batch: int, world_size: int, max_per_device: int) -> BatchPlan:
@@ -157,14 +162,26 @@ class RankAgreement(Callback):
 
     Args:
         config_yaml, tokenizer: the resolved run config and the tokenizer model bytes.
-        shards: the training shards (`train_shard_listing`); every rank draws from all of
-            them, each with its own stream seed (see `whisfusion.data.stream`).
+        shards: the training shards (`train_shard_listing`); every stream of every rank draws
+            from all of them with replacement (see `whisfusion.data.stream`).
         plan: the batch plan, for the summary.
+        workers: DataLoader workers per rank, one stream each (data.num_workers).
     """
 
-    def __init__(self, config_yaml: str, tokenizer: bytes, shards: Sequence[str], plan: BatchPlan):
+    def __init__(
+        self,
+        config_yaml: str,
+        tokenizer: bytes,
+        shards: Sequence[str],
+        plan: BatchPlan,
+        workers: int = 1,
+    ):
         self.fingerprint = fingerprint(config_yaml, tokenizer, shards)
-        self.shards, self.plan = list(shards), plan
+        self.shards, self.plan, self.workers = list(shards), plan, max(1, workers)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        # how this checkpoint's steps were made; a resumed run may use another plan
+        checkpoint[BATCH_PLAN_KEY] = self.plan.as_dict()
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
@@ -187,7 +204,9 @@ class RankAgreement(Callback):
             )
         print(
             f"whisfusion: rank {trainer.global_rank}/{trainer.world_size} "
-            f"(node {trainer.node_rank}, local {trainer.local_rank}) draws from "
-            f"{len(self.shards)} training shards with its own stream seed",
+            f"(node {trainer.node_rank}, local {trainer.local_rank}) reads "
+            f"{self.workers} stream(s), one per data worker, each drawing shards with "
+            f"replacement from all {len(self.shards)} training shards and keeping every sample "
+            "it reads; seeded by (data.seed, rank, worker, resume count)",
             flush=True,
         )

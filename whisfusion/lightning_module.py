@@ -8,13 +8,19 @@ import zlib
 import lightning as L
 import torch
 
-from whisfusion.callbacks.nonfinite import NonFiniteGuard, detached_zero_loss
+from whisfusion.callbacks.nonfinite import NonFiniteGuard, gradient_norm
 from whisfusion.checkpoint import CHECKPOINT_KEY, payload
 from whisfusion.config import RunConfig
 from whisfusion.data.feature_cache import FeatureCache
+from whisfusion.data.samples import HOST_LENGTHS
+from whisfusion.encoder.windows import trim_to_audio
 from whisfusion.model import Whisfusion
 from whisfusion.optim import build_optimizer
 from whisfusion.schedule import MaskSchedule, diffusion_loss
+from whisfusion.seeding import mixed_seed
+
+# Last key of the seed of the global RNG (dropout), apart from every micro-batch's mask seed.
+DROPOUT_STREAM = 1 << 32
 
 
 class WhisfusionModule(L.LightningModule):
@@ -37,13 +43,23 @@ class WhisfusionModule(L.LightningModule):
         )
         self._step_started = time.perf_counter()
         self.nonfinite = NonFiniteGuard(self.cfg.trainer.max_nonfinite_in_row)
+        # (optimizer step, micro-batch index) of the latest training micro-batch
+        self._micro = (-1, 0)
 
     def features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, E) encoder output and (B, T) validity: from batch, cache or encoder."""
+        """(B, T, E) encoder output and (B, T) validity: from batch, cache or encoder.
+
+        Encoder output is cut to the batch's longest clip (`trim_to_audio`): with the 30 s
+        window, cross-attention would otherwise read up to 1500 frames of which most are masked.
+        """
         if "features" in batch:
             return batch["features"], batch["feature_valid"]
         if self.feature_cache is None:
-            return self.model.encode(batch["audio"], batch["audio_lens"])
+            lens = batch["audio_lens"]
+            if HOST_LENGTHS in batch:  # the same lengths, without a device-to-host wait
+                lens = torch.tensor(batch[HOST_LENGTHS], dtype=torch.long)
+            feats, valid = self.model.encode(batch["audio"], lens)
+            return trim_to_audio(feats, valid, batch["audio"].shape[1])
         return self._cached_features(batch)
 
     def _cached_features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -76,9 +92,17 @@ class WhisfusionModule(L.LightningModule):
         return out, (torch.arange(out.shape[1])[None, :] < lengths[:, None]).to(self.device)
 
     def _generator(self) -> torch.Generator:
-        # Masks depend only on (seed, rank, step): a resumed run draws what it would have drawn.
-        seed = self.cfg.trainer.seed * 1_000_003 + self.global_rank * 10_007 + self.global_step
-        return torch.Generator().manual_seed(seed)
+        """The mask generator of this micro-batch, on the model's device.
+
+        Seeded by (seed, rank, optimizer step, micro-batch of the step): a resumed run (which
+        starts at a step boundary) draws what the uninterrupted run would have, and the
+        micro-batches of one accumulated step draw different masks.
+        """
+        step = self.global_step
+        micro = self._micro[1] + 1 if self._micro[0] == step else 0
+        self._micro = (step, micro)
+        seed = mixed_seed(self.cfg.trainer.seed, self.global_rank, step, micro)
+        return torch.Generator(self.device).manual_seed(seed)
 
     def loss(self, batch: dict, step: int, generator: torch.Generator | None = None, features=None):
         """Training loss of a batch, its parts by name (for logging) and its corruption.
@@ -102,15 +126,12 @@ class WhisfusionModule(L.LightningModule):
         return loss, parts, corr
 
     def training_step(self, batch: dict, batch_idx: int):
+        # A non-finite loss is not looked at here (that would wait for the device): its
+        # gradients are non-finite too, and `on_before_optimizer_step` drops that update.
         loss, parts, corr = self.loss(batch, self.global_step, self._generator())
-        # All ranks take the same branch, or DDP ranks would disagree on the update; the zero
-        # loss keeps every rank's backward (and DDP's gradient reduction) going as usual.
-        if not self.trainer.strategy.reduce_boolean_decision(bool(torch.isfinite(loss)), all=True):
-            self.nonfinite.flag()
-            return detached_zero_loss(self.model.decoder)
         now = time.perf_counter()
         elapsed, self._step_started = now - self._step_started, now
-        tokens = int(batch["canvas_valid"].sum())
+        tokens = batch["canvas_valid"].sum()
         masked_share = corr.masked.sum() / batch["canvas_valid"].sum().clamp(min=1)
         bs = batch["tokens"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
@@ -124,7 +145,7 @@ class WhisfusionModule(L.LightningModule):
         """Validation loss; the features go on to the PDD validation callback for decoding."""
         feats, valid = self.features(batch)
         # A fixed seed per batch so the validation loss is comparable between evaluations.
-        gen = torch.Generator().manual_seed(self.cfg.trainer.seed + batch_idx)
+        gen = torch.Generator(self.device).manual_seed(self.cfg.trainer.seed + batch_idx)
         loss, parts, _ = self.loss(batch, self.global_step, gen, features=(feats, valid))
         bs = batch["tokens"].shape[0]
         self.log("val/loss", loss, batch_size=bs, sync_dist=True)
@@ -143,15 +164,28 @@ class WhisfusionModule(L.LightningModule):
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # A step with a non-finite loss changes nothing: AdamW skips parameters without a
-        # gradient (see whisfusion.callbacks.nonfinite for why the gradients are dropped here).
+        # gradient (see whisfusion.callbacks.nonfinite). DDP has already averaged the gradients,
+        # so every rank sees the same norm and takes the same branch without a collective; the
+        # one host read is per optimizer step, not per micro-batch. Under 16-mixed the gradient
+        # scaler skips overflowing steps itself (and lowers its scale): not counted here.
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is None and not torch.isfinite(gradient_norm(self.model.decoder)):
+            self.nonfinite.flag()
         if self.nonfinite.finish_step(self.global_step):
             optimizer.zero_grad(set_to_none=True)
         self.log("train/nonfinite_skipped", float(self.nonfinite.skipped))
 
+    def on_fit_start(self) -> None:
+        if self.device.type == "cuda":
+            # The frozen encoder runs under bf16 autocast on CUDA (FrozenWhisperEncoder.encode);
+            # stored in bf16, its weights are cast once here instead of at every forward.
+            self.model.encoder.to(torch.bfloat16)
+
     def on_train_start(self) -> None:
         # The global RNG (dropout) follows (seed, rank, step) like the masks: a resumed run
         # does not repeat the draws of the run it continues.
-        torch.manual_seed(self._generator().initial_seed() + 1)
+        seed = self.cfg.trainer.seed
+        torch.manual_seed(mixed_seed(seed, self.global_rank, self.global_step, DROPOUT_STREAM))
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint[CHECKPOINT_KEY] = payload(self.model)

@@ -22,6 +22,8 @@ from whisfusion.encoder import FrozenWhisperEncoder, build_encoder
 from whisfusion.language_vocab import LanguageFilter, LanguageVocabulary
 from whisfusion.options import DecodeOptions
 from whisfusion.pdd import Transcript, canvas_for, decode_result, options_from_config, pdd_decode
+from whisfusion.pdd.buckets import pad_to_bucket, trim_frames
+from whisfusion.pdd.compiled import FRAME_MULTIPLE, denoiser
 from whisfusion.prior import AlignmentPrior, HeadReading
 from whisfusion.tokenizer import Tokenizer
 from whisfusion.transcribe import transcribe_audio
@@ -192,10 +194,16 @@ class Whisfusion(nn.Module):
         canvas, canvas_valid = canvas_for(
             lengths, self.tokenizer.mask_id, self.tokenizer.eos_id, lang_ids
         )
+        buckets = options.canvas_buckets if options.compile else ()
+        canvas, canvas_valid = pad_to_bucket(
+            canvas, canvas_valid, buckets, self.cfg.model.canvas.max_len, self.tokenizer.eos_id
+        )
         canvas, canvas_valid = canvas.to(self.device), canvas_valid.to(self.device)
         row_valid = canvas_valid.repeat_interleave(options.candidates, dim=0)
+        features, valid = trim_frames(features, valid, FRAME_MULTIPLE if options.compile else 1)
+        step = denoiser(self.decoder, options.compile)
         result = pdd_decode(
-            lambda tokens, cache: self.decoder(tokens, cache, row_valid),
+            lambda tokens, cache: step(tokens, cache, row_valid),
             self.cross_cache(features, valid, reading),
             canvas,
             canvas_valid,

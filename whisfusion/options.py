@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from whisfusion.config.decode import DECODE_METHODS, DecodeConfig
+from whisfusion.config.decode import DECODE_DTYPES, DECODE_METHODS, DecodeConfig
 from whisfusion.pdd.sampler import REMASKING
 from whisfusion.pdd.select import METHODS
 
@@ -32,6 +32,9 @@ class DecodeOptions:
     blank_penalty: float
     seed: int
     batch_size: int
+    dtype: str
+    compile: bool
+    canvas_buckets: tuple[int, ...]
 
     @classmethod
     def from_config(cls, cfg: DecodeConfig, **overrides) -> DecodeOptions:
@@ -46,6 +49,7 @@ class DecodeOptions:
             raise ValueError(f"unknown decode options: {', '.join(sorted(unknown))}")
         values.update({k: v for k, v in overrides.items() if v is not None})
         values["random_schedule"] = tuple(values["random_schedule"])
+        values["canvas_buckets"] = tuple(values["canvas_buckets"])
         return cls(**values)
 
     def replace(self, **overrides) -> DecodeOptions:
@@ -57,6 +61,7 @@ class DecodeOptions:
             "method": ("decode method", DECODE_METHODS),
             "remasking": ("remasking", REMASKING),
             "select": ("selection method", METHODS),
+            "dtype": ("decode.dtype", DECODE_DTYPES),
         }
         for key, (name, allowed) in choices.items():
             if getattr(self, key) not in allowed:

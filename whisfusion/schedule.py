@@ -11,7 +11,8 @@ with probability t, drawn per sequence. Two phases:
   inference happens.
 
 The batch loss is the mean of the per-sequence losses, so the two phases can share one batch.
-All functions are pure (randomness comes from an explicit generator).
+All functions are pure (randomness comes from an explicit generator). Draws happen on the device
+of the tokens (with a generator of that device), so corrupting a batch never waits on the host.
 """
 
 from __future__ import annotations
@@ -24,13 +25,19 @@ import torch.nn.functional as F
 from whisfusion.config import ScheduleConfig
 
 
-def draw_u(batch: int, antithetic: bool, generator: torch.Generator | None = None) -> torch.Tensor:
-    """(B,) uniforms in [0, 1). Antithetic: stratified, one draw in each of B equal strata."""
-    u = torch.rand(batch, generator=generator)
+def draw_u(
+    batch: int,
+    antithetic: bool,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """(B,) uniforms in [0, 1) on `device`. Antithetic: stratified, one draw in each of B equal
+    strata."""
+    u = torch.rand(batch, generator=generator, device=device)
     if antithetic:
         # u_i = (i + U_i) / B, shuffled so the stratum does not follow the batch order
-        u = (torch.arange(batch) + u) / batch
-        u = u[torch.randperm(batch, generator=generator)]
+        u = (torch.arange(batch, device=device) + u) / batch
+        u = u[torch.randperm(batch, generator=generator, device=device)]
     return u
 
 
@@ -48,8 +55,8 @@ def mask_positions(
     t: torch.Tensor, valid: torch.Tensor, generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """(B, L) bool: each valid position masked with probability t[b]. t: (B,), valid: (B, L)."""
-    draw = torch.rand(valid.shape, generator=generator)
-    return (draw < t[:, None]) & valid.cpu()
+    draw = torch.rand(valid.shape, generator=generator, device=valid.device)
+    return (draw < t[:, None]) & valid
 
 
 def phase_a_weights(t: torch.Tensor, masked: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -105,15 +112,25 @@ class MaskSchedule:
             raise ValueError(
                 f"schedule.high_mask_share must be in [0, 1], got {cfg.high_mask_share}"
             )
+        if cfg.switch_step >= 0 and cfg.high_mask_share > 0:
+            raise ValueError(
+                f"schedule.switch_step={cfg.switch_step} and schedule.high_mask_share="
+                f"{cfg.high_mask_share} are two ways to choose phase B: set switch_step=-1 to "
+                "mix the phases, or high_mask_share=0 to switch at a step"
+            )
         self.cfg = cfg
 
     def phase_b_mask(
-        self, batch: int, step: int, generator: torch.Generator | None = None
+        self,
+        batch: int,
+        step: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
     ) -> torch.Tensor:
-        """(B,) bool: which sequences use phase B at optimizer step `step`."""
+        """(B,) bool on `device`: which sequences use phase B at optimizer step `step`."""
         if self.cfg.switch_step >= 0:
-            return torch.full((batch,), step >= self.cfg.switch_step)
-        return torch.rand(batch, generator=generator) < self.cfg.high_mask_share
+            return torch.full((batch,), step >= self.cfg.switch_step, device=device)
+        return torch.rand(batch, generator=generator, device=device) < self.cfg.high_mask_share
 
     def corrupt(
         self,
@@ -123,19 +140,19 @@ class MaskSchedule:
         step: int,
         generator: torch.Generator | None = None,
     ) -> Corruption:
-        """Mask a batch of target canvases: tokens, valid (B, L) -> Corruption on their device."""
-        b = tokens.shape[0]
-        high = self.phase_b_mask(b, step, generator)
-        u = draw_u(b, self.cfg.antithetic, generator)
+        """Mask a batch of target canvases: tokens, valid (B, L) -> Corruption on their device.
+
+        `generator` must be a generator of that device (or None: the device's default one).
+        """
+        b, dev = tokens.shape[0], tokens.device
+        high = self.phase_b_mask(b, step, generator, dev)
+        u = draw_u(b, self.cfg.antithetic, generator, dev)
         t = torch.where(
             high, phase_b_t(u, self.cfg.high_low, self.cfg.high_high), phase_a_t(u, self.cfg.eps)
         )
         masked = mask_positions(t, valid, generator)
-        valid_cpu = valid.cpu()
         weights = torch.where(
-            high[:, None], phase_b_weights(masked), phase_a_weights(t, masked, valid_cpu)
+            high[:, None], phase_b_weights(masked), phase_a_weights(t, masked, valid)
         )
-        dev = tokens.device
-        masked, weights = masked.to(dev), weights.to(dev)
         x_t = torch.where(masked, torch.full_like(tokens, mask_id), tokens)
-        return Corruption(x_t, masked, weights, t.to(dev), high.to(dev))
+        return Corruption(x_t, masked, weights, t, high)

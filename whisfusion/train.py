@@ -8,16 +8,16 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
+from lightning.pytorch.strategies import DDPStrategy
 
 from whisfusion.callbacks.data_stats import DataStatsLogger
 from whisfusion.callbacks.ema import EMA
 from whisfusion.callbacks.preemption import StopOnSignal, TrainingStopped
 from whisfusion.checkpoint_io import AtomicCheckpointIO
 from whisfusion.config import RunConfig, config_to_yaml
-from whisfusion.decoder import DecoderBlock
 from whisfusion.decoders import build_tokenizer
 from whisfusion.distributed import BatchPlan, RankAgreement, plan_for, train_shard_listing
 from whisfusion.encoder import build_encoder
@@ -75,19 +75,25 @@ def last_checkpoint(run_dir: Path) -> Path | None:
 
 
 def build_strategy(cfg: RunConfig):
-    """The Lightning strategy of `trainer.strategy` ("ddp", "fsdp", or a Lightning name)."""
+    """The Lightning strategy of `trainer.strategy` ("ddp", or a Lightning name).
+
+    Raises:
+        ValueError: a sharded strategy (FSDP, DeepSpeed): the decoder (0.3B parameters at the
+            paper's size) and its AdamW state fit on one device, so DDP is what is supported.
+    """
     name = cfg.trainer.strategy
+    if name.startswith(("fsdp", "deepspeed")):
+        raise ValueError(
+            f"trainer.strategy={name} is not supported: the trained decoder and its optimizer "
+            "state fit on one device; use trainer.strategy=ddp"
+        )
     if name == "ddp":
-        # Every decoder parameter gets a gradient every step (a skipped step too, see
+        # Every decoder parameter gets a gradient every step (a non-finite one too, see
         # whisfusion.callbacks.nonfinite), so DDP need not search the graph for unused ones.
-        return DDPStrategy(find_unused_parameters=False)
-    if name == "fsdp":
-        if cfg.trainer.ema_decay > 0:
-            raise ValueError("trainer.ema_decay > 0 needs strategy ddp: the EMA is kept unsharded")
-        # One FSDP unit per decoder block. Activation checkpointing stays with the decoder
-        # itself (model.decoder.activation_checkpointing, any strategy); an FSDP policy on top
-        # would recompute every block twice.
-        return FSDPStrategy(auto_wrap_policy={DecoderBlock})
+        # The buffers (the frozen encoder's and the decoder's constant tables) are identical on
+        # every rank and never change, so broadcasting them from rank 0 at every forward would
+        # only move bytes.
+        return DDPStrategy(find_unused_parameters=False, broadcast_buffers=False)
     return name
 
 
@@ -105,8 +111,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, callbacks: list, plan: BatchPla
         plugins=[AtomicCheckpointIO(), *cluster_plugins()],
         gradient_clip_val=cfg.optim.grad_clip or None,
         log_every_n_steps=t.log_every_n_steps,
-        # Streams have no epochs: validate every N optimizer steps instead.
-        val_check_interval=cfg.validation.every_n_steps or None,
+        # Streams have no epochs: validate every N optimizer steps instead (Lightning counts
+        # micro-batches here, hence the accumulation factor).
+        val_check_interval=cfg.validation.every_n_steps * plan.accumulate or None,
         check_val_every_n_epoch=None,
         num_sanity_val_steps=0,
         # The data module splits shards and samples by rank itself.
@@ -128,14 +135,19 @@ def run_training(cfg: RunConfig) -> Path:
     from whisfusion.data.datamodule import WhisfusionDataModule
 
     L.seed_everything(cfg.trainer.seed, workers=True)
+    if torch.cuda.is_available():
+        # TF32 tensor cores for the float32 matmuls left outside bf16 autocast
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     resolve_data_paths(cfg)
     run_dir = Path(cfg.trainer.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(config_to_yaml(cfg))
-
+    # data.batch_size is the most one device holds; the plan may choose less. The config stays
+    # as given; the plan is written beside it and into every checkpoint (RankAgreement).
     plan = plan_for(cfg)
-    # data.batch_size is the most one device holds; the plan may choose less.
-    cfg.data.batch_size = plan.per_device
+    (run_dir / "batch_plan.json").write_text(json.dumps(plan.as_dict(), indent=1) + "
+")
     encoder = build_encoder(cfg.model.encoder)
     tokenizer = build_tokenizer(cfg, encoder)
     if cfg.model.canvas.r_max <= 0:
@@ -145,7 +157,7 @@ def run_training(cfg: RunConfig) -> Path:
     # before any training step, not at the first validation
     model.check_options(DecodeOptions.from_config(cfg.decode))
     module = WhisfusionModule(model)
-    data = WhisfusionDataModule(cfg.data, cfg.model.canvas, tokenizer)
+    data = WhisfusionDataModule(cfg.data, cfg.model.canvas, tokenizer, batch_size=plan.per_device)
     validation = PDDValidation(cfg.decode, cfg.validation)
     callbacks = [
         validation,
@@ -158,7 +170,11 @@ def run_training(cfg: RunConfig) -> Path:
         LearningRateMonitor(logging_interval="step"),
         DataStatsLogger(cfg.trainer.log_every_n_steps),
         RankAgreement(
-            config_to_yaml(cfg), tokenizer.to_bytes(), train_shard_listing(cfg.data), plan
+            config_to_yaml(cfg),
+            tokenizer.to_bytes(),
+            train_shard_listing(cfg.data),
+            plan,
+            workers=cfg.data.num_workers,
         ),
     ]
     if cfg.trainer.ema_decay > 0:
@@ -206,5 +222,5 @@ def print_summary(run_dir: Path, validation: PDDValidation, data) -> None:
     print("\n== data (this rank; validation counts add up over every validation run) ==")
     print(data.stats().summary())
     print(f"\ncheckpoint:  {run_dir / 'checkpoints' / 'last.ckpt'}")
-    print(f"config:      {run_dir / 'config.yaml'}")
+    print(f"config:      {run_dir / 'config.yaml'} (batch plan: batch_plan.json)")
     print(f"tensorboard: tensorboard --logdir {run_dir}")

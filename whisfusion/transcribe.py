@@ -41,6 +41,7 @@ from whisfusion.audio import SAMPLE_RATE, load_audio
 from whisfusion.longform import merge_chunk_texts, plan_chunks
 from whisfusion.options import DecodeOptions
 from whisfusion.pdd import Transcript
+from whisfusion.precision import decoding_precision
 from whisfusion.scoring.normalizers import unit_for
 
 if TYPE_CHECKING:
@@ -228,7 +229,7 @@ def _decode_batch(
         for row, chunk in enumerate(chunks):
             audio[row, : chunk.audio.numel()] = chunk.audio
         features, valid = model.encode(audio, lengths)
-    with times.stage("decode", model.device):
+    with times.stage("decode", model.device), decoding_precision(options.dtype, model.device):
         return model.decode_features(
             features,
             valid,

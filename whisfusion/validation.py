@@ -17,6 +17,7 @@ import torch
 
 from whisfusion.config import DecodeConfig, ValidationConfig
 from whisfusion.options import DecodeOptions
+from whisfusion.precision import decoding_precision
 from whisfusion.scoring import Report, gather_counts, utterance_counts
 from whisfusion.scoring.report import metric_of
 
@@ -55,16 +56,17 @@ class PDDValidation(L.Callback):
         keep_trajectory = self.cfg.log_trajectory and batch_idx == 0 and trainer.is_global_zero
         langs = list(batch["langs"])
         started = time.perf_counter()
-        transcripts = pl_module.model.decode_features(
-            outputs["features"],
-            outputs["feature_valid"],
-            batch["durations"].tolist(),
-            languages=None if self.cfg.predict_language else langs,
-            options=self.options,
-            # the same noise at every validation, so changes come from the weights
-            generator=torch.Generator().manual_seed(self.options.seed + batch_idx),
-            return_trajectory=keep_trajectory,
-        )
+        with decoding_precision(self.options.dtype, pl_module.model.device):
+            transcripts = pl_module.model.decode_features(
+                outputs["features"],
+                outputs["feature_valid"],
+                batch["durations"].tolist(),
+                languages=None if self.cfg.predict_language else langs,
+                options=self.options,
+                # the same noise at every validation, so changes come from the weights
+                generator=torch.Generator().manual_seed(self.options.seed + batch_idx),
+                return_trajectory=keep_trajectory,
+            )
         self._decode_s += time.perf_counter() - started
         dup = batch.get("dup", torch.zeros(len(langs), dtype=torch.bool)).tolist()
         for utt_id, lang, ref, tr, is_dup in zip(
@@ -100,7 +102,8 @@ class PDDValidation(L.Callback):
             pl_module.log("val/wer_avg", self.report.average, rank_zero_only=True)
             pl_module.log("val/cer_mean", self.char_report.language_mean, rank_zero_only=True)
         if self._decode_s > 0:
-            pl_module.log("val/rtfx", self._audio_s / self._decode_s, rank_zero_only=True)
+            # decoding alone (PDD, detokenize, select): the features come from validation_step
+            pl_module.log("val/decode_rtfx", self._audio_s / self._decode_s, rank_zero_only=True)
         if self.cfg.predict_language and self._lid:
             pl_module.log(
                 "val/language_accuracy", sum(self._lid) / len(self._lid), rank_zero_only=True

@@ -1,19 +1,16 @@
 """Skipping optimizer steps whose loss is not finite, and stopping a run that keeps making them.
 
 How a step is skipped (the choice, for Lightning 2.6.6 under DDP):
-- Returning None from `training_step` is refused by Lightning when world_size > 1 (it raises
-  "Skipping the `training_step` by returning None in distributed training is not supported"),
-  and would leave DDP ranks that did run backward waiting for the ones that did not.
-- Zeroing the loss (`loss * 0`) does not help: back-propagating 0 through a graph that holds
-  inf / NaN gives 0 * inf = NaN gradients.
-- So the step returns `detached_zero_loss(module)`: a zero built from the parameters alone, off
-  the broken graph. Backward then gives every parameter an exact zero gradient, so every DDP
-  bucket is reduced on every rank as usual. The guard then drops the gradients before the
-  optimizer runs (`grad = None`), and AdamW leaves parameters and moments untouched (momentum
-  would otherwise keep moving the weights on a zero gradient). The step still counts: step
-  counters, the learning-rate schedule and the step-derived seeds stay aligned on all ranks.
-Ranks must agree, or one rank drops its update while another applies it: the caller reduces the
-"loss is finite" flag over all ranks before deciding (`WhisfusionModule.training_step`).
+- Every micro-batch runs forward and backward as usual, whatever its loss: a non-finite loss
+  back-propagates non-finite gradients, DDP averages them into every rank's gradients, and the
+  gradient norm of the step is non-finite on every rank alike. The decision is made once per
+  optimizer step from that norm (`gradient_norm`), so it needs no collective of its own and no
+  host wait in the training step (returning None from `training_step` is refused by Lightning
+  under DDP and would leave ranks waiting for each other's backward).
+- The guard then drops the gradients before the optimizer runs (`grad = None`), and AdamW
+  leaves parameters and moments untouched (momentum would otherwise keep moving the weights on
+  a zero gradient). The step still counts: step counters, the learning-rate schedule and the
+  step-derived seeds stay aligned on all ranks.
 """
 
 from __future__ import annotations
@@ -26,17 +23,20 @@ class NonFiniteLossError(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss."""
 
 
-def detached_zero_loss(module: nn.Module) -> torch.Tensor:
-    """A scalar 0 whose backward gives each trainable parameter of `module` a zero gradient."""
-    return sum(p.sum() for p in module.parameters() if p.requires_grad) * 0.0
+def gradient_norm(module: nn.Module) -> torch.Tensor:
+    """The 2-norm of all gradients of `module` (a 0-dim tensor on their device; 0 if none)."""
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 class NonFiniteGuard:
     """Counts skipped optimizer steps; raises after `max_in_row` consecutive ones.
 
-    Usage per optimizer step: `flag()` for each micro-batch whose loss was not finite (agreed
-    across ranks), then `finish_step(step)` once before the optimizer runs; it returns True when
-    this step's update must be dropped. A step with any non-finite micro-batch is dropped whole.
+    Usage per optimizer step: `flag()` when the step's (all-reduced) gradients are not finite,
+    then `finish_step(step)` once before the optimizer runs; it returns True when this step's
+    update must be dropped.
     """
 
     def __init__(self, max_in_row: int):

@@ -12,9 +12,11 @@ tensor inside the handler. Python runs a handler between two bytecodes of the ma
 the save can start halfway through an optimizer step (weights updated, step counter not), or
 while this rank is inside a collective; ranks get the signal at different points, so one
 rank's checkpoint barrier meets another rank's gradient all-reduce and the job hangs or saves
-an inconsistent state. Here the handlers only record the signal. Right after each optimizer
-step every rank all-reduces "did any rank get a signal" (so all ranks stop at the same step
-even when the signal reached only some of them), saves last.ckpt, global rank 0 requeues the
+an inconsistent state. Here the handlers only record the signal. Right after every
+`CHECK_EVERY_N_STEPS`-th optimizer step every rank all-reduces "did any rank get a signal" (so
+all ranks stop at the same step even when the signal reached only some of them; not every
+step, since a collective and its host wait per step would idle the GPUs, and SLURM signals
+minutes ahead), saves last.ckpt, global rank 0 requeues the
 SLURM job (`scontrol requeue`), and every rank raises `TrainingStopped`, which
 `whisfusion.train.run_training` turns into a clean exit. The SLURM environment is therefore
 given to Lightning with `auto_requeue=False` (`whisfusion.slurm.cluster_plugins`).
@@ -42,6 +44,9 @@ log = logging.getLogger(__name__)
 
 # Signals that make a run save and stop.
 STOP_SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+# Optimizer steps between two checks for a stop signal: a few seconds of training at most, well
+# inside SLURM's warning (`--signal=SIGUSR1@N`, N of minutes) and its SIGTERM grace period.
+CHECK_EVERY_N_STEPS = 4
 
 
 def ignore_stop_signals(worker_id: int = 0) -> None:
@@ -73,6 +78,7 @@ class StopOnSignal(Callback):
         checkpoint: where to save (the run directory's last.ckpt).
         requeue_job: the SLURM job id to requeue after saving, or None (not under SLURM).
         signals: the signals to handle.
+        every_n_steps: optimizer steps between two checks (the same on every rank).
     """
 
     def __init__(
@@ -80,8 +86,10 @@ class StopOnSignal(Callback):
         checkpoint: str | Path,
         requeue_job: str | None,
         signals: Sequence[signal.Signals] = STOP_SIGNALS,
+        every_n_steps: int = CHECK_EVERY_N_STEPS,
     ):
         self.checkpoint = Path(checkpoint)
+        self.every_n_steps = max(1, every_n_steps)
         self.requeue_job = requeue_job
         self.signals = tuple(signals)
         self.received: signal.Signals | None = None
@@ -119,7 +127,7 @@ class StopOnSignal(Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # Only right after an optimizer step: with gradient accumulation, a save between
         # micro-batches would drop the gradients accumulated so far.
-        if trainer.global_step == self._checked_step:
+        if trainer.global_step == self._checked_step or trainer.global_step % self.every_n_steps:
             return
         self._checked_step = trainer.global_step
         if not trainer.strategy.reduce_boolean_decision(self.received is not None, all=False):

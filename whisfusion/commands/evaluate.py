@@ -13,7 +13,8 @@ Writes to the output directory:
         gives the same scores. An utterance whose audio cannot be decoded has an empty
         hypothesis (with its `error`), scored as all deletions.
 Speed: RTFx = seconds of audio / wall seconds of the whole timed pipeline (decoding the audio
-files or shard FLAC, log-mel, encoder, PDD, detokenize), measured after one untimed warm-up
+files or shard FLAC, log-mel, encoder, PDD, choosing among candidates, detokenize, in
+`decode.dtype`), measured after one untimed warm-up
 batch; the shards' bytes are read from disk before the clock starts. The encoder-only seconds
 (log-mel + encoder) are the floor any decoder adds to.
 """
@@ -43,6 +44,7 @@ from whisfusion.data.manifest import read_manifest
 from whisfusion.data.shards import AUDIO_KEY, META_KEY, decode_sample, iter_shard, read_index
 from whisfusion.data.stats import BadSample
 from whisfusion.options import DecodeOptions
+from whisfusion.precision import resolve_dtype
 from whisfusion.scoring import Report, cer_line, score_in_both_units
 from whisfusion.scoring.normalizers import base_language
 from whisfusion.transcribe import (
@@ -241,6 +243,7 @@ def timed_transcription(
         "encoder_rtfx": audio_s / encoder_s if encoder_s > 0 else None,
         "stage_seconds": times.seconds,
         "warmup_utterances": len(warmup),
+        "dtype": str(resolve_dtype(decode.dtype, model.device)).removeprefix("torch."),
     }
     return results, speed
 
@@ -298,6 +301,8 @@ def to_markdown(results: dict[str, Any], report: Report, char_report: Report) ->
         f"| encoder-only RTFx | {'n/a' if encoder_rtfx is None else f'{encoder_rtfx:.1f}'} |",
         f"| wall seconds | {speed['wall_seconds']:.2f} |",
         f"| encoder seconds | {speed['encoder_seconds']:.2f} |",
+        *(f"| {stage} seconds | {s:.2f} |" for stage, s in speed["stage_seconds"].items()),
+        f"| decoding precision | {speed['dtype']} |",
         f"| audio seconds | {speed['audio_seconds']:.1f} |",
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()),
@@ -353,9 +358,11 @@ def run(args: argparse.Namespace) -> int:
     (out / "results.md").write_text(to_markdown(summary, report, char_report), encoding="utf-8")
     print(report.to_markdown())
     print(f"\n{cer_line(char_report)}")
+    stages = ", ".join(f"{k} {v:.2f} s" for k, v in speed["stage_seconds"].items())
     print(
-        f"\nRTFx {speed['rtfx']:.1f} (encoder alone {speed['encoder_rtfx'] or 0:.1f}) on "
-        f"{speed['audio_seconds']:.1f} s of audio; results in {out}"
+        f"\nRTFx {speed['rtfx']:.1f} whole pipeline, {speed['encoder_rtfx'] or 0:.1f} encoder "
+        f"alone (the floor) on {speed['audio_seconds']:.1f} s of audio ({stages}; "
+        f"{speed['dtype']}); results in {out}"
     )
     if failed:
         print(

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from whisfusion.config.decode import DECODE_METHODS
+from whisfusion.config.decode import DECODE_DTYPES, DECODE_METHODS
 from whisfusion.pdd.sampler import REMASKING
 from whisfusion.pdd.select import METHODS
 
@@ -70,6 +70,12 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select", choices=METHODS, help="how one candidate is picked")
     p.add_argument("--batch-size", type=int, help="utterances or chunks per decoding batch")
     p.add_argument("--seed", type=int, help="seed of the sampling noise")
+    p.add_argument(
+        "--dtype",
+        choices=DECODE_DTYPES,
+        help="decoding precision (default: the checkpoint's decode.dtype; auto = bfloat16 on "
+        "CUDA, float32 on the CPU)",
+    )
     p.add_argument(
         "--align-weight",
         type=float,
@@ -151,6 +157,7 @@ def decode_settings(model, args: argparse.Namespace, command: str):
             select=args.select,
             batch_size=args.batch_size,
             seed=args.seed,
+            dtype=args.dtype,
             align_weight=args.align_weight,
             language_vocab_min_count=args.language_vocab_min_count,
             blank_penalty=args.blank_penalty,

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 # How transcripts are read from the model: "pdd" (the diffusion decoder) or "ctc" (greedy
 # reading of the alignment head, for models with model.decoder.align_hidden > 0).
 DECODE_METHODS = ("pdd", "ctc")
+# Names `dtype` takes (whisfusion.precision says what each means on a device).
+DECODE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -42,6 +44,18 @@ class DecodeConfig:
     seed: int = 0
     # Utterances per decoding batch in transcribe / evaluate.
     batch_size: int = 16
+    # Precision of the encoder and decoder at inference (transcribe, evaluate, validation,
+    # bench): "auto" = bfloat16 autocast on CUDA, float32 on the CPU (bf16 autocast measured
+    # slower there at batch 1; see whisfusion.precision), or "float32" / "bfloat16" / "float16".
+    dtype: str = "auto"
+    # Compile the per-step denoiser call (torch.compile; CUDA graphs on CUDA, see
+    # whisfusion.pdd.compiled). Off by default: each new shape costs a compilation (seconds
+    # on a GPU, a minute on a small CPU) that only long runs earn back.
+    compile: bool = False
+    # With `compile`, canvases are padded to the smallest of these widths that holds them
+    # (model.canvas.max_len above the largest), so few shapes are compiled: padded positions
+    # cost decoder work, which eager decoding does not spend (it pads to the batch's longest).
+    canvas_buckets: list[int] = field(default_factory=lambda: [64, 128, 256])
 
 
 @dataclass

@@ -40,7 +40,8 @@ class TrainerConfig:
     precision: str = "32-true"
     # Global batch in utterances; 0 = data.batch_size x devices x nodes (no accumulation).
     global_batch_size: int = 0
-    # "ddp", "fsdp" or "auto".
+    # "ddp" (several devices) or "auto"; sharded strategies (FSDP) are refused: the decoder and
+    # its optimizer state fit on one device.
     strategy: str = "auto"
     # Log training scalars every this many steps.
     log_every_n_steps: int = 10

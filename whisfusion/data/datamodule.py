@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from whisfusion.callbacks.preemption import ignore_stop_signals
 from whisfusion.config import CanvasConfig, DataConfig
-from whisfusion.data.samples import ExampleDecoder
+from whisfusion.data.samples import HOST_LENGTHS, ExampleDecoder
 from whisfusion.data.shards import read_index
 from whisfusion.data.stats import DataStats, StatsReport
 from whisfusion.data.stream import (
@@ -64,6 +64,30 @@ def select_shards(index: dict, root: Path, split: str, pattern: str) -> list[dic
     return entries
 
 
+def warn_few_shards(
+    shards: dict[str, list[str]], weights: dict[str, float], n_streams: int
+) -> list[str]:
+    """Warn about the drawn languages with fewer shards than (rank, worker) streams.
+
+    Nothing is read twice for it, but streams then often read the same shard at the same time,
+    so one rank's batches and its neighbours' hold utterances of the same few shards. Returns
+    the languages warned about.
+    """
+    few = sorted(
+        lang for lang, p in shards.items() if weights.get(lang, 0) > 0 and len(p) < n_streams
+    )
+    if few:
+        log.warning(
+            "%d training stream(s) (ranks x data.num_workers) but fewer shards in %s: streams "
+            "will often read the same shard at once; prepare the data with "
+            "`--streams %d` (data_prep) for at least one shard per stream",
+            n_streams,
+            ", ".join(f"{lang} ({len(shards[lang])})" for lang in few),
+            n_streams,
+        )
+    return few
+
+
 class WhisfusionDataModule(L.LightningDataModule):
     """Streaming training batches and exactly-once validation batches for every rank."""
 
@@ -75,7 +99,9 @@ class WhisfusionDataModule(L.LightningDataModule):
         *,
         rank: int | None = None,
         world_size: int | None = None,
+        batch_size: int | None = None,
     ):
+        """`batch_size`: utterances per device batch (the batch plan's); None = data.batch_size."""
         super().__init__()
         if not data_cfg.root:
             raise ValueError("data.root is empty: point it at a directory written by data_prep")
@@ -84,6 +110,7 @@ class WhisfusionDataModule(L.LightningDataModule):
         self.decoder = ExampleDecoder(tokenizer, canvas_cfg, data_cfg.max_duration)
         self.rank = rank
         self.world_size = world_size
+        self.batch_size = batch_size or data_cfg.batch_size
         # Times this run has been resumed from a checkpoint (0 = fresh start).
         self.resume_count = 0
         self._totals = {"train": DataStats(), "val": DataStats()}
@@ -128,20 +155,20 @@ class WhisfusionDataModule(L.LightningDataModule):
                 hours[lang] = hours.get(lang, 0.0) + e["hours"]
         weights = language_weights(hours, self.cfg.language_temperature, self.cfg.language_weights)
         log.info(
-            "training languages (weight): %s",
-            ", ".join(f"{lang} {w:.3f}" for lang, w in sorted(weights.items())),
+            "training languages (weight, shards): %s",
+            ", ".join(f"{lang} {w:.3f} {len(shards[lang])}" for lang, w in sorted(weights.items())),
         )
+        warn_few_shards(shards, weights, self.world_size * max(1, self.cfg.num_workers))
         stream = TrainStream(
             shards,
             weights,
             self.decoder,
-            batch_size=self.cfg.batch_size,
+            batch_size=self.batch_size,
             max_batch_seconds=self.cfg.max_batch_seconds,
             bucket_edges=self.cfg.bucket_edges,
             shuffle_buffer=self.cfg.shuffle_buffer,
             seed=self.cfg.seed,
             rank=self.rank,
-            world_size=self.world_size,
             resume_count=self.resume_count,
         )
         return self._loader(stream, persistent=False)
@@ -153,7 +180,7 @@ class WhisfusionDataModule(L.LightningDataModule):
             [(e["path"], e["samples"], e["languages"][0]) for e in entries],
             self.cfg.val_max_per_language,
         )
-        batches = plan_validation(positions, self.rank, self.world_size, self.cfg.batch_size)
+        batches = plan_validation(positions, self.rank, self.world_size, self.batch_size)
         stream = ValidStream(batches, self.decoder, positions)
         return self._loader(stream, persistent=True)
 
@@ -162,11 +189,13 @@ class WhisfusionDataModule(L.LightningDataModule):
             self.setup()
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Add the counts a worker shipped in the batch to this rank's totals."""
+        """Add the counts a worker shipped in the batch to this rank's totals; keep a host copy
+        of the audio lengths (a list, which stays on the host), so that the encoder plans its
+        windows without waiting for the device."""
         trainer = self.trainer
         split = "train" if trainer is not None and trainer.training else "val"
         self._totals[split].merge(batch["stats"])
-        return batch
+        return {**batch, HOST_LENGTHS: batch["audio_lens"].tolist()}
 
     def stats(self) -> StatsReport:
         """This rank's totals since construction: read, kept and skipped by reason."""

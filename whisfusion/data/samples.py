@@ -9,6 +9,8 @@ The batch dict is the contract with the LightningModule:
     durations    (B,) float32 seconds
     dup          (B,) bool, True on validation padding rows (score each id once)
     stats        {name: count} read / kept / skipped-by-reason since the worker's last batch
+    audio_lens_host  list[int], audio_lens kept on the host (added by the data module before
+                 the batch goes to the device)
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from whisfusion.data import stats as S
 from whisfusion.data.audio_io import SAMPLE_RATE
 from whisfusion.data.shards import decode_sample
 from whisfusion.tokenizer import Tokenizer, tokenizer_from_bytes
+
+# Batch key of `audio_lens` as a list of ints, which stays on the host when a batch is moved.
+HOST_LENGTHS = "audio_lens_host"
 
 
 @dataclass

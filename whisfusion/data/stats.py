@@ -127,9 +127,13 @@ class StatsReport:
                 f"{split}: read {counts.get(READ, 0)}, kept {counts.get(KEPT, 0)}, "
                 f"skipped {sum(skipped.values())} ({why})"
             )
-            # samples are counted as kept when their batch leaves the duration buckets
+            # samples are counted as read when they leave a shard and as kept when their batch
+            # leaves the duration buckets; between the two is the shuffle buffer
             waiting = counts.get(READ, 0) - counts.get(KEPT, 0) - sum(skipped.values())
             if waiting > 0:
-                line += f", {waiting} read but still in the duration buckets when the run ended"
+                line += (
+                    f", {waiting} read but still in the shuffle buffer or the duration buckets "
+                    "when the run ended"
+                )
             lines.append(line)
         return "\n".join(lines)

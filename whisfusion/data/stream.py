@@ -1,14 +1,16 @@
 """Streaming datasets: an endless mixed training stream and a finite validation set.
 
 Training (`TrainStream`), inside each DataLoader worker of each rank:
-    one resampled shard stream per language (shards drawn at random with replacement, so there
-    are no epochs and the run ends at max_steps)
+    one resampled shard stream per language (any shard of the language, drawn at random with
+    replacement, so there are no epochs and the run ends at max_steps)
     -> weighted language mixer -> shuffle buffer (of encoded samples: compressed audio is small)
     -> decode and check -> duration buckets -> batches.
-Every (rank, worker) stream reads a disjoint share of each language (`stream_share`): whole
-shards when a language has at least as many shards as there are streams, else the samples whose
-key hashes to the stream. Each stream is seeded from (seed, rank, worker, resume count), so a
-resumed run draws fresh samples instead of replaying the first ones.
+Every (rank, worker) stream draws from all shards of each language and keeps every sample it
+reads: no byte is read only to be thrown away, however many streams a job runs. Streams differ
+by their seed, made from (seed, rank, worker, resume count), so a resumed run draws fresh
+samples instead of replaying the first ones. A language with fewer shards than streams is still
+read once per sample trained on, but streams then often read the same shard at the same time
+(`WhisfusionDataModule` warns; data_prep's `--streams` sizes shards to avoid it).
 
 Validation (`ValidStream`): the index's validation samples in order are cut into one contiguous
 block per rank (by sample, not by shard, so ranks stay balanced), every rank gets the same
@@ -21,16 +23,17 @@ from __future__ import annotations
 import bisect
 import math
 import random
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from whisfusion.data import stats as S
 from whisfusion.data.samples import Example, ExampleDecoder, collate
 from whisfusion.data.shards import iter_shard
+from whisfusion.seeding import mixed_seed
 
 # A language stream whose last this-many shard draws (at least 4 per shard) all failed has no
 # readable shard left: stop with an error instead of spinning forever.
@@ -67,27 +70,6 @@ def language_weights(
     return {lang: w / total for lang, w in raw.items()}
 
 
-def stream_seed(seed: int, rank: int, worker: int, resume_count: int) -> int:
-    """A 64-bit seed, different for every (seed, rank, worker, resume count)."""
-    state = np.random.SeedSequence([seed, rank, worker, resume_count]).generate_state(2)
-    return int(state[0]) << 32 | int(state[1])
-
-
-def stream_share(
-    paths: Sequence[str], stream: int, n_streams: int
-) -> tuple[list[str], Callable[[str], bool]]:
-    """The disjoint part of one language that stream `stream` of `n_streams` reads.
-
-    Returns its shards and a predicate on sample keys. With enough shards the streams split the
-    shards (every key kept); with fewer shards than streams every stream opens every shard and
-    keeps the keys whose CRC32 falls to it (reading bytes it discards, but never a sample that
-    another rank or worker also trains on).
-    """
-    if len(paths) >= n_streams:
-        return list(paths[stream::n_streams]), lambda key: True
-    return list(paths), lambda key: zlib.crc32(key.encode()) % n_streams == stream
-
-
 def _worker() -> tuple[int, int]:
     info = get_worker_info()
     return (0, 1) if info is None else (info.id, info.num_workers)
@@ -97,58 +79,37 @@ def _shard_error(stats: S.DataStats):
     return lambda path, err: stats.skip(S.SHARD_ERROR, path, str(err))
 
 
-def _resampled(
-    lang: str,
-    paths: Sequence[str],
-    keep: Callable[[str], bool],
-    rng: random.Random,
-    stats: S.DataStats,
-):
-    """Endless raw samples of one language: random shards, drawn with replacement; only the
-    samples whose key `keep` accepts."""
+def _resampled(lang: str, paths: Sequence[str], rng: random.Random, stats: S.DataStats):
+    """Endless raw samples of one language: random shards drawn with replacement, every sample
+    of each shard kept (and counted as read)."""
     empty_in_row = 0
     limit = max(MIN_FAILED_DRAWS, 4 * len(paths))
     while True:
-        got = kept = False
+        got = False
         for raw in iter_shard(rng.choice(paths), _shard_error(stats)):
             got = True
-            if keep(raw.get("__key__", "")):
-                kept = True
-                yield raw
-        empty_in_row = 0 if kept else empty_in_row + 1
+            stats.add(S.READ)
+            yield raw
+        empty_in_row = 0 if got else empty_in_row + 1
         if empty_in_row >= limit:
-            why = "no readable shard" if not got else "no sample of this rank/worker's share"
             raise RuntimeError(
-                f"{why} for language '{lang}' in {empty_in_row} draws from {len(paths)} "
-                f"shard(s), e.g. {paths[0]} (fewer samples than rank x worker streams?)"
+                f"no readable shard for language '{lang}' in {empty_in_row} draws from "
+                f"{len(paths)} shard(s), e.g. {paths[0]}"
             )
 
 
 def _mix(streams: dict[str, Iterator], weights: dict[str, float], rng: random.Random):
+    """Samples of the languages in proportion to `weights`. Not webdataset's RandomMix: that
+    draws from the process-wide `random`, so a stream could not be replayed from its seed."""
     langs = list(streams)
     probs = [weights[lang] for lang in langs]
     while True:
         yield next(streams[rng.choices(langs, probs)[0]])
 
 
-def _shuffle(items, size: int, rng: random.Random):
-    """Shuffle buffer of `size` items: each output is a random pick among the buffered ones."""
-    buf: list[Any] = []
-    for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        i = rng.randrange(size)
-        buf[i], item = item, buf[i]
-        yield item
-    rng.shuffle(buf)
-    yield from buf
-
-
 def _decode(raws, decoder: ExampleDecoder, stats: S.DataStats) -> Iterator[Example]:
     bad_in_row = 0
     for raw in raws:
-        stats.add(S.READ)
         try:
             yield decoder(raw)
             bad_in_row = 0
@@ -199,7 +160,6 @@ class TrainStream(IterableDataset):
         shuffle_buffer: int,
         seed: int,
         rank: int,
-        world_size: int,
         resume_count: int,
     ):
         self.shards = {lang: list(p) for lang, p in shards.items() if weights.get(lang, 0) > 0}
@@ -211,19 +171,18 @@ class TrainStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.rank = rank
-        self.world_size = world_size
         self.resume_count = resume_count
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        worker, workers = _worker()
-        rng = random.Random(stream_seed(self.seed, self.rank, worker, self.resume_count))
+        worker, _ = _worker()
+        rng = random.Random(mixed_seed(self.seed, self.rank, worker, self.resume_count))
         stats = S.DataStats()
-        stream, n_streams = self.rank * workers + worker, self.world_size * workers
-        streams = {}
-        for lang, paths in sorted(self.shards.items()):
-            own, keep = stream_share(paths, stream, n_streams)
-            streams[lang] = _resampled(lang, own, keep, random.Random(rng.getrandbits(64)), stats)
-        raws = _shuffle(_mix(streams, self.weights, rng), self.shuffle_buffer, rng)
+        streams = {
+            lang: _resampled(lang, paths, random.Random(rng.getrandbits(64)), stats)
+            for lang, paths in sorted(self.shards.items())
+        }
+        size = self.shuffle_buffer
+        raws = wds.filters.shuffle(size, size, rng=rng)(_mix(streams, self.weights, rng))
         batches = bucket_batches(
             _decode(raws, self.decoder, stats),
             self.bucket_edges,

@@ -273,21 +273,23 @@ class FrozenWhisperEncoder(nn.Module):
                 f"lengths must lie in [0, {audio.shape[1]}] (audio samples), got {lengths.tolist()}"
             )
         device = self.model.conv1.weight.device
+        # The window plan (shapes) is made where the caller keeps `lengths`: from host lengths
+        # it never waits for the device.
+        windows = window_samples(lengths.long(), self.window, self._trim_samples)
+        frames = int(windows.max()) // N_SAMPLES_PER_TOKEN if len(windows) else 0
         audio = audio.to(device=device, dtype=torch.float32)
         lengths = lengths.to(device=device, dtype=torch.long)
         # Whatever follows a clip in its row must not reach its features.
         audio = audio * frame_mask(lengths, audio.shape[1])
-        windows = window_samples(lengths, self.window, self._trim_samples)
-        frames = int(windows.max()) // N_SAMPLES_PER_TOKEN if len(windows) else 0
         features = torch.zeros(len(audio), frames, self.width, device=device)
         for window in windows.unique().tolist():
-            rows = (windows == window).nonzero().squeeze(1)
+            rows = (windows == window).nonzero().squeeze(1).to(device)
             with torch.autocast(device.type, enabled=False):
                 mel = log_mel_spectrogram(pad_or_trim(audio[rows], window), self.n_mels)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 encoded = self(mel)
             features[rows, : encoded.shape[1]] = encoded.float()
-        return features, frame_mask(valid_frames(lengths, windows), frames)
+        return features, frame_mask(valid_frames(lengths, windows.to(device)), frames)
 
 
 def _empty_encoder(dims: EncoderDims) -> AudioEncoder:

@@ -59,3 +59,17 @@ def valid_frames(lengths: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
 def frame_mask(counts: torch.Tensor, frames: int) -> torch.Tensor:
     """(B,) counts -> (B, frames) bool, True on each row's first `count` frames."""
     return torch.arange(frames, device=counts.device)[None, :] < counts[:, None]
+
+
+def trim_to_audio(
+    features: torch.Tensor, valid: torch.Tensor, samples: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut encoder output to the frames that can hold audio of a batch padded to `samples`.
+
+    features (B, T, E), valid (B, T) -> (B, T', E), (B, T') with T' = min(T, ceil(samples /
+    320)). Every frame cut is invalid in every row (a 30 s window of a short batch), so a reader
+    that masks invalid frames sees the same values; `samples` is the padded audio's width, a
+    shape the host knows, so the cut does not wait for the device.
+    """
+    frames = min(features.shape[1], -(-samples // N_SAMPLES_PER_TOKEN))
+    return features[:, :frames], valid[:, :frames]

