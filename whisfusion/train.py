@@ -146,8 +146,7 @@ def run_training(cfg: RunConfig) -> Path:
     # data.batch_size is the most one device holds; the plan may choose less. The config stays
     # as given; the plan is written beside it and into every checkpoint (RankAgreement).
     plan = plan_for(cfg)
-    (run_dir / "batch_plan.json").write_text(json.dumps(plan.as_dict(), indent=1) + "
-")
+    (run_dir / "batch_plan.json").write_text(json.dumps(plan.as_dict(), indent=1) + "\n")
     encoder = build_encoder(cfg.model.encoder)
     tokenizer = build_tokenizer(cfg, encoder)
     if cfg.model.canvas.r_max <= 0:
