@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import random
 import shutil
 import time

@@ -37,7 +37,10 @@ def test_the_papers_decoder_is_a_denoiser_without_a_prior_and_with_one():
 def test_decoder_kind_selects_the_decoder_and_names_what_is_wrong():
     model = tiny_model()
     cfg = model.cfg.model.decoder
-    for kind, message in [("whisper", "not available"), ("transformer", "must be one of")]:
+    for kind, message in [
+        ("whisper", "needs the Whisper tokenizer"),
+        ("transformer", "must be one of"),
+    ]:
         cfg.kind = kind
         with pytest.raises(ValueError, match=f"model.decoder.kind.*{message}"):
             build_decoder(cfg, model.tokenizer, model.encoder)
