@@ -99,6 +99,9 @@ def whisper_model(weights_dir: Path, overrides=()) -> Whisfusion:
             "model.decoder.kind=whisper",
             f"model.encoder.source={weights_dir}",
             "model.encoder.output_layer=0",
+            # the tiny encoder's window is 1 s
+            "model.encoder.window=trim",
+            "model.encoder.trim_multiple_s=0.5",
             "model.canvas.r_max=8",
             "model.canvas.max_len=37",
             f"model.tokenizer.languages=[{','.join(LANGS)}]",
