@@ -80,6 +80,14 @@ class Tokenizer:
         """Text of `ids` with every special token (EOS, language, [MASK]) dropped."""
         return self.sp.decode([int(i) for i in ids if not self.is_special(int(i))])
 
+    def piece(self, token_id: int) -> str:
+        """The vocabulary entry of one id, as stored (for showing canvases)."""
+        return self.sp.id_to_piece(token_id)
+
+    def decode_batch(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        """Text of each row of ids, specials already dropped, in one SentencePiece call."""
+        return self.sp.decode([list(r) for r in rows]) if rows else []
+
     def to_bytes(self) -> bytes:
         return self._proto
 

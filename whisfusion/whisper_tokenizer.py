@@ -86,6 +86,14 @@ class WhisperTokenizer:
         kept = [int(i) for i in ids if not self.is_special(int(i))]
         return self.bpe.decode(kept, skip_special_tokens=False).strip()
 
+    def piece(self, token_id: int) -> str:
+        """The vocabulary entry of one id, as stored (for showing canvases)."""
+        return self.bpe.id_to_token(token_id)
+
+    def decode_batch(self, rows: Sequence[Sequence[int]]) -> list[str]:
+        """Text of each row of ids, specials already dropped, in one call."""
+        return self.bpe.decode_batch([list(r) for r in rows], skip_special_tokens=False)
+
     def to_bytes(self) -> bytes:
         payload = {"languages": self.languages, "tokenizer": self._json}
         return MAGIC + json.dumps(payload, ensure_ascii=False).encode()

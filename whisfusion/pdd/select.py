@@ -230,7 +230,7 @@ def render_canvas(ids: Sequence[int], tokenizer: Tokenizer) -> str:
     ids = [int(i) for i in ids]
     while len(ids) > 1 and ids[-1] == ids[-2] == tokenizer.eos_id:
         ids.pop()
-    pieces = [MASK_SHOWN if i == tokenizer.mask_id else tokenizer.sp.id_to_piece(i) for i in ids]
+    pieces = [MASK_SHOWN if i == tokenizer.mask_id else tokenizer.piece(i) for i in ids]
     return "".join(pieces).replace("\u2581", " ").strip()
 
 
@@ -278,7 +278,7 @@ def candidate_means(
 def detokenize(
     tokens: torch.Tensor, valid: torch.Tensor, special: torch.Tensor, tokenizer: Tokenizer
 ) -> list[list[str]]:
-    """Text of every candidate, specials dropped, in one SentencePiece call.
+    """Text of every candidate, specials dropped, in one tokenizer call.
 
     tokens: (N, K, L); valid: (N, L) bool. Returns N lists of K stripped texts.
     """
@@ -288,7 +288,7 @@ def detokenize(
         row[mask].tolist()
         for row, mask in zip(tokens.flatten(0, 1), keep.flatten(0, 1), strict=True)
     ]
-    texts = [t.strip() for t in tokenizer.sp.decode(rows)] if rows else []
+    texts = [t.strip() for t in tokenizer.decode_batch(rows)]
     return [texts[u * k : (u + 1) * k] for u in range(n)]
 
 
