@@ -4,9 +4,9 @@ Sentences come from `data_prep.demo_text` (thousands of real words per language,
 out of training), voices from `data_prep.demo_voices` (training and held-out voices disjoint).
 Three splits per language:
     train   `train_per_lang` sentences of training words, training voices
-    valid   `valid_per_lang` sentences (the development set, for choices), each with a word
-            of the validation-only words, held-out voices
-    test    `test_per_lang` sentences, each with a word of the test-only words, held-out voices
+    valid   `valid_per_lang` sentences (the development set, for choices) with words of the
+            validation-only words, held-out voices
+    test    `test_per_lang` sentences with words of the test-only words, held-out voices
 The held-out splits are drawn from their own seeded generators, so they stay the same whatever
 the size of the training set, and a larger training set extends a smaller one.
 
@@ -90,7 +90,7 @@ def distinct_sentences(
     exclude: frozenset[str] = frozenset(),
 ) -> list[Sentence]:
     """`count` sentences of `split` with pairwise different transcripts, none in `exclude`;
-    a held-out split's each carry one of its own held-out words."""
+    a held-out split's draw on its own held-out words."""
     lex = lexicon(lang, cfg.vocabulary, cfg.seed)
     held_out = {"valid": lex.valid, "test": lex.test}.get(split, ())
     rng = random.Random(f"{cfg.seed}:{lang}:{split}")

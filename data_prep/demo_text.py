@@ -1,9 +1,11 @@
 """Sentences of the demo corpus: thousands of real words per language, held-out words, numbers.
 
 Each language draws from its `vocabulary` most frequent words (`wordfreq`, in the script the
-language is written in). A share of the words beyond the most frequent ones never occurs in
-training: half of them are the validation set's, half the test set's, and every held-out
-sentence carries at least one of its own, so both measure words the model never heard.
+language is written in), more frequent words more often. A share of the words beyond the most
+frequent ones never occurs in training: half of them are the validation set's, half the test
+set's. A held-out sentence carries one of its own held-out words in HELD_OUT_WORD_SHARE of the
+cases, amid frequent training words, so both held-out sets measure words the model never heard
+beside words it heard often.
 Sentences are written as text has them: a capital first letter, commas, a final `.`, `?` or
 `!`, and numbers in digits.
 

@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 
 from whisfusion.cli import main as cli
-from whisfusion.commands.baseline import run_baseline
+from whisfusion.commands.baseline import first_per_language, run_baseline
 from whisfusion.commands.evaluate import read_eval_set
 
 REFS = [
@@ -60,6 +60,16 @@ def test_scores_like_whisfusion_score_and_counts_unreadable_audio_as_deletions(t
     assert "error" in hyps[-1] and hyps[-1]["text"] == ""
     cli(["score", str(out / "ref.jsonl"), str(out / "hyp.jsonl"), "--json", str(out / "s.json")])
     assert json.loads((out / "s.json").read_text())["languages"] == rates
+
+
+def test_limit_per_language_keeps_the_first_of_each_language(tmp_path):
+    manifest = write_manifest(tmp_path)
+    more = tmp_path / "more.jsonl"
+    more.write_text(manifest.read_text().replace('"id": "u-', '"id": "v-'))
+    items = read_eval_set([str(manifest), str(more)], "valid", False)
+    kept = first_per_language(items, 1)
+    assert [i.id for i in kept] == ["u-en", "u-ru", "u-zh"]
+    assert len(first_per_language(items, 2)) == 6 == len(items)
 
 
 def test_a_directory_without_a_model_is_named(tmp_path):

@@ -263,3 +263,18 @@ def test_prepare_demo_without_the_asterisk_packages_has_no_human_split(tmp_path,
     )
     assert json.loads((out / "index.json").read_text())["splits"]["human"]["shards"] == []
     assert "apt-get install asterisk-core-sounds-it" in caplog.text
+
+
+@pytest.mark.parametrize("lang", ["it", "ru"])
+@pytest.mark.skipif(
+    not Path("/usr/share/doc/asterisk-core-sounds-it").is_dir(),
+    reason="needs the asterisk-core-sounds-it / -ru packages (make tts)",
+)
+def test_installed_asterisk_packages_give_hundreds_of_clean_prompts(lang):
+    records = list(asterisk(Path("/"), lang))
+    assert len(records) > 500
+    assert len({r["id"] for r in records}) == len(records)
+    assert all(Path(r["audio"]).is_file() for r in records)
+    assert not [r for r in records if re.search(r"[\[\]<>()]", r["text"])]
+    info = sf.info(records[0]["audio"])
+    assert info.channels == 1 and info.duration > 0.2

@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,12 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--beam", type=int, default=DEFAULT_BEAM, help="beam width (1: greedy)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: CTranslate2's default)")
+    p.add_argument(
+        "--limit-per-lang",
+        type=int,
+        default=0,
+        help="score only the first N utterances of each language (0: all); a quick estimate",
+    )
     p.add_argument("--output-dir", type=Path, required=True, help="where results go")
     p.set_defaults(func=run)
 
@@ -139,11 +146,24 @@ def run_baseline(
     return results
 
 
+def first_per_language(items: list[EvalItem], limit: int) -> list[EvalItem]:
+    """The first `limit` items of each language, in their order."""
+    seen: Counter[str] = Counter()
+    kept = []
+    for item in items:
+        seen[item.lang] += 1
+        if seen[item.lang] <= limit:
+            kept.append(item)
+    return kept
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         items = read_eval_set(args.data, args.split, predict_language=False)
     except (ValueError, OSError) as err:
         raise SystemExit(f"whisfusion baseline: {err}") from None
+    if args.limit_per_lang > 0:
+        items = first_per_language(items, args.limit_per_lang)
     if not items:
         raise SystemExit(f"whisfusion baseline: no utterances in {', '.join(args.data)}")
     if args.model is None:
@@ -159,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         "beam": args.beam,
         "data": list(args.data),
         "split": args.split,
+        "limit_per_lang": args.limit_per_lang or None,
     }
     run_baseline(items, transcribe, args.output_dir, about)
     return 0
