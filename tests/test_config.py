@@ -9,11 +9,28 @@ from whisfusion.config import ConfigError, RunConfig, config_from_dict, config_t
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
-@pytest.mark.parametrize("name", ["tiny", "demo", "large"])
-def test_shipped_configs_load(name):
-    cfg = load_config(CONFIGS / f"{name}.yaml")
-    assert cfg.model.decoder.kind == "diffusion"
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_load(path):
+    cfg = load_config(path)
+    assert cfg.model.decoder.kind in ("diffusion", "whisper")
     assert cfg.model.decoder.width % cfg.model.decoder.heads == 0
+
+
+def test_a_config_starts_from_its_base_and_overrides_it(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("model:\n  decoder:\n    layers: 5\n    width: 96\n")
+    (tmp_path / "sub" / "mid.yaml").write_text(
+        "base: ../root.yaml\nmodel:\n  decoder:\n    width: 64\n"
+    )
+    (tmp_path / "leaf.yaml").write_text("base: sub/mid.yaml\noptim:\n  lr: 0.5\n")
+    cfg = load_config(tmp_path / "leaf.yaml", ["model.decoder.layers=7"])
+    assert (cfg.model.decoder.layers, cfg.model.decoder.width, cfg.optim.lr) == (7, 64, 0.5)
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops back"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "orphan.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match="missing.yaml"):
+        load_config(tmp_path / "orphan.yaml")
 
 
 def test_older_configs_load_in_todays_keys(tmp_path):

@@ -90,6 +90,30 @@ def _migrate(data: Any) -> Any:
     return data
 
 
+# A config file may start from another one: `base: other.yaml` (relative to the file) is loaded
+# first, and the file's own keys are merged over it.
+BASE_KEY = "base"
+
+
+def _merge_file(cfg: DictConfig, path: Path, seen: tuple[Path, ...]) -> DictConfig:
+    """`cfg` with the YAML file at `path` merged over it, its `base` chain first."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: '{BASE_KEY}' chain loops back to itself")
+    try:
+        loaded = OmegaConf.load(path)
+    except Exception as err:  # yaml errors come in several types
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    data = _migrate(loaded)
+    if isinstance(data, dict) and BASE_KEY in data:
+        base = data.pop(BASE_KEY)
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: '{BASE_KEY}' must name a YAML file, got {base!r}")
+        cfg = _merge_file(cfg, path.parent / base, (*seen, path.resolve()))
+    return _merge(cfg, data, str(path))
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()):
     """Build a `RunConfig` from the defaults, an optional YAML file and `key=value` overrides.
 
@@ -98,14 +122,7 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()):
     """
     cfg = OmegaConf.structured(_schema())
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = OmegaConf.load(path)
-        except Exception as err:  # yaml errors come in several types
-            raise ConfigError(f"{path}: not valid YAML: {err}") from None
-        cfg = _merge(cfg, _migrate(loaded), str(path))
+        cfg = _merge_file(cfg, Path(path), ())
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")
