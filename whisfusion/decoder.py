@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from whisfusion.config import DecoderConfig
+from whisfusion.denoiser import check_canvas
 
 
 def stack_frames(
@@ -289,13 +290,7 @@ class DiffusionDecoder(nn.Module):
             (N*K, L, vocab_size) float logits.
         """
         rows, length = tokens.shape
-        if rows % cache.batch:
-            raise ValueError(f"{rows} canvas rows do not group onto {cache.batch} utterances")
-        if length > self.pos_embed.num_embeddings:
-            raise ValueError(
-                f"canvas of {length} positions is longer than the decoder's maximum "
-                f"{self.pos_embed.num_embeddings} (model.canvas.max_len)"
-            )
+        check_canvas(rows, length, cache.batch, self.pos_embed.num_embeddings)
         cos, sin = rope_tables(
             length, self.cfg.width // self.cfg.heads, self.cfg.rope_theta, tokens.device
         )

@@ -31,3 +31,19 @@ class Denoiser(Protocol):
 
     def __call__(self, tokens: Tensor, cache: Any, canvas_valid: Tensor | None = None) -> Tensor:
         """`forward` (an `nn.Module` call)."""
+
+
+def check_canvas(rows: int, length: int, utterances: int, longest: int) -> None:
+    """Refuse canvases a decoder cannot read: `rows` x `length` ids over a cache of `utterances`,
+    at most `longest` positions (model.canvas.max_len).
+
+    Raises:
+        ValueError: the rows do not group onto the utterances, or the canvas is too long.
+    """
+    if rows % utterances:
+        raise ValueError(f"{rows} canvas rows do not group onto {utterances} utterances")
+    if length > longest:
+        raise ValueError(
+            f"canvas of {length} positions is longer than the decoder's maximum {longest} "
+            "(model.canvas.max_len)"
+        )

@@ -31,7 +31,24 @@ def lang_piece(lang: str) -> str:
     return f"<|{lang}|>"
 
 
-class Tokenizer:
+class CanvasTokens:
+    """What every tokenizer of a canvas shares: [MASK] one past its vocabulary (the decoder
+    embeds it, its output head never predicts it), and a token per language."""
+
+    languages: list[str]
+    _lang_to_id: dict[str, int]
+
+    @property
+    def mask_id(self) -> int:
+        return self.vocab_size
+
+    def lang_id(self, lang: str) -> int:
+        if lang not in self._lang_to_id:
+            raise KeyError(f"language '{lang}' has no token; known: {', '.join(self.languages)}")
+        return self._lang_to_id[lang]
+
+
+class Tokenizer(CanvasTokens):
     """Text <-> ids for one trained SentencePiece model plus the canvas specials."""
 
     def __init__(self, model_proto: bytes):
@@ -53,16 +70,6 @@ class Tokenizer:
     def vocab_size(self) -> int:
         """Classes of the decoder's output head ([MASK] excluded)."""
         return self.sp.get_piece_size()
-
-    @property
-    def mask_id(self) -> int:
-        """[MASK]: one past the SentencePiece vocabulary."""
-        return self.vocab_size
-
-    def lang_id(self, lang: str) -> int:
-        if lang not in self._lang_to_id:
-            raise KeyError(f"language '{lang}' has no token; known: {', '.join(self.languages)}")
-        return self._lang_to_id[lang]
 
     def id_to_lang(self, token_id: int) -> str | None:
         """The language of a language-token id, or None for any other id."""

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from whisfusion.denoiser import check_canvas
 from whisfusion.encoder.model import MultiHeadSelfAttention
 
 # Whisper's own LayerNorm epsilon (openai-whisper and transformers).
@@ -187,13 +188,7 @@ class WhisperDenoiser(nn.Module):
         """Whisper's decoder on its own sequence: ids (N*K, L') with [MASK] = vocab_size, valid
         (N*K, L') bool or None -> final hidden states (N*K, L', D)."""
         rows, length = ids.shape
-        if rows % cache.batch:
-            raise ValueError(f"{rows} canvas rows do not group onto {cache.batch} utterances")
-        if length > self.dims.n_ctx:
-            raise ValueError(
-                f"canvas of {length - 3} positions is longer than the Whisper decoder's maximum "
-                f"{self.max_canvas} (model.canvas.max_len)"
-            )
+        check_canvas(rows, length - 3, cache.batch, self.max_canvas)  # 3: the prompt's tokens
         is_mask = ids == self.mask_id
         x = self.token_embedding(ids.masked_fill(is_mask, 0))
         x = torch.where(is_mask[..., None], self.mask_embed.to(x.dtype), x)

@@ -18,6 +18,7 @@ import numpy as np
 
 from whisfusion.canvas import r_max_rule
 from whisfusion.data.manifest import read_manifest
+from whisfusion.tokenizer import CanvasTokens
 from whisfusion.whisper_decoder import WhisperPrompt
 
 MAGIC = b"whisfusion-whisper-bpe\n"
@@ -25,7 +26,7 @@ TOKENIZER_FILE = "tokenizer.json"
 EOS_TOKEN = "<|endoftext|>"
 
 
-class WhisperTokenizer:
+class WhisperTokenizer(CanvasTokens):
     """Text <-> Whisper ids for the languages of a run, plus the canvas specials."""
 
     def __init__(self, tokenizer_json: str, languages: Sequence[str]):
@@ -59,15 +60,6 @@ class WhisperTokenizer:
     def vocab_size(self) -> int:
         """Classes of the decoder's output head ([MASK] excluded): every Whisper id."""
         return self.bpe.get_vocab_size(with_added_tokens=True)
-
-    @property
-    def mask_id(self) -> int:
-        return self.vocab_size
-
-    def lang_id(self, lang: str) -> int:
-        if lang not in self._lang_to_id:
-            raise KeyError(f"language '{lang}' has no token; known: {', '.join(self.languages)}")
-        return self._lang_to_id[lang]
 
     def id_to_lang(self, token_id: int) -> str | None:
         return self._id_to_lang.get(int(token_id))
