@@ -98,3 +98,11 @@ def test_sigterm_saves_at_a_step_boundary_and_exits_cleanly(tmp_path):
     rc, out = finish(start_train(args, again, PROBE_STOP_AT=str(k + 2)))
     assert rc == 0, out[-3000:]
     assert [s["step"] for s in steps(again)] == [k, k, k + 1, k + 1]
+
+    # run to the end: the closing save replaces the preemption's last.ckpt, no last-v1.ckpt
+    rc, out = finish(start_train([*args, f"trainer.max_steps={k + 6}"], tmp_path / "end"))
+    assert rc == 0, out[-3000:]
+    saved = sorted(p.name for p in (run_dir / "checkpoints").glob("last*.ckpt"))
+    assert saved == ["last.ckpt"], saved
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["global_step"] == k + 6

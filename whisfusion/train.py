@@ -165,6 +165,9 @@ def run_training(cfg: RunConfig) -> Path:
             save_last=True,
             every_n_train_steps=cfg.trainer.checkpoint_every_n_steps,
             save_top_k=0,
+            # last.ckpt is the one a resumed run reads: overwrite it, even when the preemption
+            # callback wrote it (Lightning would otherwise go on in last-v1.ckpt)
+            enable_version_counter=False,
         ),
         LearningRateMonitor(logging_interval="step"),
         DataStatsLogger(cfg.trainer.log_every_n_steps),
