@@ -52,11 +52,10 @@ from bench.profiles import (
     EncoderShape,
 )
 from bench.timing import synchronize
-from whisfusion.alignment import ctc_loss, ctc_targets
 from whisfusion.audio import log_mel_spectrogram
 from whisfusion.config import OptimConfig, RunConfig, load_config
 from whisfusion.data.audio_io import encode_flac, read_audio, to_mono_16k
-from whisfusion.decoder import DiffusionDecoder
+from whisfusion.decoders import diffusion_decoder
 from whisfusion.encoder import FrozenWhisperEncoder
 from whisfusion.encoder.windows import trim_to_audio
 from whisfusion.optim import build_optimizer
@@ -146,7 +145,6 @@ class Step:
         self.schedule = MaskSchedule(cfg.model.schedule)
         self.optimizer, _ = build_optimizer(decoder, OptimConfig(), 1000)
         self.grad_clip = cfg.optim.grad_clip
-        self.ctc_weight = cfg.model.decoder.align_ctc_weight
         self.autocast = (
             torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
         )
@@ -168,11 +166,9 @@ class Step:
             )
             logits = self.decoder(corr.x_t, cache, canvas_valid)
             loss = diffusion_loss(logits, tokens, corr.weights)
-            if cache.ctc_log_probs is not None:
-                targets = ctc_targets(tokens, canvas_valid, EOS_ID)
-                blank = self.decoder.align.blank
-                ctc = ctc_loss(cache.ctc_log_probs, cache.key_valid, targets, blank)
-                loss = loss + self.ctc_weight * ctc
+            if self.decoder.prior is not None:
+                aux = self.decoder.prior.losses(cache.prior, tokens, canvas_valid, EOS_ID)
+                loss = loss + sum(weight * value for value, weight in aux.values())
         return loss
 
     def _optimize(self) -> None:
@@ -221,7 +217,7 @@ def time_steps(profile: TrainProfile) -> list[dict]:
         for name, window, cut in VARIANTS:
             torch.manual_seed(0)
             with torch.device(device):
-                decoder = DiffusionDecoder(cfg.model.decoder, vocab, profile.encoder.width)
+                decoder = diffusion_decoder(cfg.model.decoder, vocab, profile.encoder.width)
             step = Step(with_window(encoder, window), decoder, cfg, device, profile.bf16)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
