@@ -39,7 +39,7 @@ def test_older_configs_load_in_todays_keys(tmp_path):
     for cfg in (load_config(old), config_from_dict({"model": {"size": "tiny"}})):
         assert not hasattr(cfg.model, "size")  # it named a preset and did nothing
     assert load_config(old).optim.lr_scale == {"prior.head": 3.0}
-    assert load_config(CONFIGS / "demo.yaml").optim.lr_scale == {"prior.head": 3.0}
+    assert load_config(CONFIGS / "demo_hybrid.yaml").optim.lr_scale == {"prior.head": 3.0}
 
 
 def test_sizes_are_ordered():

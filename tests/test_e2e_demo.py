@@ -37,7 +37,7 @@ def test_demo_training_beats_untrained_model(tmp_path):
         vocabulary=1000,
     )
     cfg = load_config(
-        "configs/demo.yaml",
+        "configs/demo_hybrid.yaml",
         [
             f"data.root={data}",
             f"data.feature_cache={tmp_path / 'cache'}",

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
         "train",
         help="train a model (resumes from the run directory's last checkpoint)",
         description="Train on WebDataset shards. Example:\n  whisfusion train --config "
-        "configs/demo.yaml data.root=data/demo trainer.max_steps=2000",
+        "configs/demo.yaml data.root=data/demo trainer.max_steps=200",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", help="YAML config merged over the defaults")
