@@ -37,7 +37,7 @@ from whisfusion.scoring.normalizers import normalize, split_units
 log = logging.getLogger("data_prep.demo")
 
 # Bumped whenever the generator changes what it writes, so cached corpora are rebuilt.
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 # Splits of the synthesized corpus, in the order they are drawn; held-out ones first.
 CORPUS_SPLITS = ("valid", "test", "train")
 HELD_OUT_SPLITS = ("valid", "test")
@@ -47,10 +47,9 @@ HELD_OUT_SPLITS = ("valid", "test")
 class DemoConfig:
     # Languages (keys of data_prep.demo_voices.ESPEAK_VOICES).
     languages: list[str] = field(default_factory=lambda: list(TokenizerConfig().languages))
-    # Training utterances per language (about 38 minutes of speech per language; with the
-    # held-out sets as many hours of speech as the former 50-word corpus of 1200 shorter
-    # sentences per language, so synthesis and training steps cost the same).
-    train_per_lang: int = 1000
+    # Training utterances per language: about 40 minutes of speech per language, 7-8 hours in
+    # all, what synthesis (about 8 minutes) and a 20-minute training run can use.
+    train_per_lang: int = 600
     # Validation (development) utterances per language: held-out words and voices.
     valid_per_lang: int = 40
     # Test utterances per language: held-out words (others than validation's) and voices.
@@ -58,9 +57,10 @@ class DemoConfig:
     # Sentences draw from this many most frequent words per language (a tenth of those beyond
     # the 300 most frequent are held out of training).
     vocabulary: int = 8000
-    # Fewest and most words per sentence (plus an optional number): about 1-5 s of speech,
-    # 2.2 s on average.
-    words_per_sentence: list[int] = field(default_factory=lambda: [2, 7])
+    # Fewest and most words per sentence (plus an optional number), log-uniform
+    # (data_prep.demo_text.word_count): 1-10 s of speech, so a model meets the lengths of
+    # prompts and of read sentences.
+    words_per_sentence: list[int] = field(default_factory=lambda: [2, 20])
     # Seed of the words held out, sentences, voices, rates and pitches.
     seed: int = 0
     # Synthesis processes.

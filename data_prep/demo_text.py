@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import random
 import unicodedata
 from collections.abc import Sequence
@@ -209,6 +210,15 @@ def _render(lang: str, pieces: list[str | int], comma: int | None, end: str) -> 
     return text + end, text + end
 
 
+def word_count(rng: random.Random, low: int, high: int) -> int:
+    """A sentence length in [low, high], log-uniform: as many sentences of 2-4 words as of
+    10-20, so short prompts and long read sentences both occur while most words sit in the
+    longer ones, as in speech corpora."""
+    if not 1 <= low <= high:
+        raise ValueError(f"words per sentence must satisfy 1 <= low <= high, got {low}, {high}")
+    return min(high, int(math.exp(rng.uniform(math.log(low), math.log(high + 1)))))
+
+
 def make_sentence(
     lang: str,
     rng: random.Random,
@@ -218,7 +228,7 @@ def make_sentence(
 ) -> Sentence:
     """One sentence of `words[0]..words[1]` words drawn from the training words of `lex`
     (one of them, in HELD_OUT_WORD_SHARE of the sentences, a word of `held_out`)."""
-    n = rng.randint(*words)
+    n = word_count(rng, *words)
     pool = slice(None, HELD_OUT_CONTEXT if held_out else None)
     drawn = rng.choices(lex.train[pool], weights=lex.weights[pool], k=n)
     if held_out and rng.random() < HELD_OUT_WORD_SHARE:

@@ -16,7 +16,7 @@ import soundfile as sf
 
 from data_prep.adapters import asterisk
 from data_prep.demo_corpus import DemoConfig, build_demo_corpus, corpus_report, plan_utterances
-from data_prep.demo_text import lexicon, make_sentence
+from data_prep.demo_text import lexicon, make_sentence, word_count
 from data_prep.demo_voices import ESPEAK_VOICES, Voice, synthesize
 from data_prep.prepare import prepare_demo
 from whisfusion.data.shards import iter_shard
@@ -51,6 +51,17 @@ def test_sentences_are_real_words_in_the_script_of_the_language(lang):
             low, high = cfg.words_per_sentence
             assert s.spoken == s.text and low <= len(s.text.split()) <= high + 1  # + a number
         assert set(s.words) <= set(lex.train)
+
+
+def test_sentence_lengths_are_log_uniform_over_the_range():
+    rng = random.Random(0)
+    counts = [word_count(rng, 2, 20) for _ in range(4000)]
+    assert min(counts) == 2 and max(counts) == 20
+    short = sum(2 <= n <= 4 for n in counts)  # log-widths log(5/2) and log(21/10): similar shares
+    long = sum(10 <= n <= 20 for n in counts)
+    assert abs(short - long) < 0.15 * len(counts) and short + long > 0.6 * len(counts)
+    with pytest.raises(ValueError, match="low <= high"):
+        word_count(rng, 5, 3)
 
 
 def test_zh_and_ja_transcripts_keep_hanzi_and_kanji():
