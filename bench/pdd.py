@@ -65,7 +65,7 @@ def pdd_tokens(
     row_valid = canvas_valid.repeat_interleave(candidates, dim=0)
     decode = dataclasses.replace(DecodeConfig(), steps=steps, candidates=candidates)
     result = pdd_decode(
-        lambda tokens, cache: decoder(tokens, cache, row_valid),
+        lambda tokens, cache, where: decoder(tokens, cache, row_valid, where),
         decoder.cross_cache(features, valid),
         canvas,
         canvas_valid,

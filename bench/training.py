@@ -164,7 +164,7 @@ class Step:
             corr = self.schedule.corrupt(
                 tokens, canvas_valid, self.decoder.mask_id, 0, self.generator
             )
-            logits = self.decoder(corr.x_t, cache, canvas_valid)
+            logits = self.decoder(corr.x_t, cache, canvas_valid, corr.weights > 0)
             loss = diffusion_loss(logits, tokens, corr.weights)
             if self.decoder.prior is not None:
                 aux = self.decoder.prior.losses(cache.prior, tokens, canvas_valid, EOS_ID)

@@ -112,3 +112,13 @@ def test_activation_checkpointing_same_gradients():
         m(tokens, m.cross_cache(feats, valid)).square().mean().backward()
     for (_, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters(), strict=False):
         torch.testing.assert_close(pa.grad, pb.grad)
+
+
+def test_where_computes_the_same_logits_at_the_asked_positions_only(dec):
+    feats, valid, tokens = _inputs()
+    cache = dec.cross_cache(feats, valid)
+    where = torch.rand(tokens.shape, generator=torch.Generator().manual_seed(1)) < 0.4
+    full = dec(tokens, cache)
+    part = dec(tokens, cache, None, where)
+    assert torch.allclose(part[where], full[where], atol=1e-5)
+    assert bool((part[~where] == 0).all())

@@ -46,7 +46,7 @@ def test_overfit_eight_pairs_and_reproduce_greedily():
     assert torch.nn.functional.cross_entropy(logits.reshape(-1, V), targets.reshape(-1)) < 0.05
     canvas, cvalid = canvas_for([L_CANVAS] * 8, mask_id=V, eos_id=1)
     result = pdd_decode(
-        lambda x, cache: dec(x, cache),
+        lambda x, cache, where: dec(x, cache, None, where),
         dec.cross_cache(feats, valid),
         canvas,
         cvalid,

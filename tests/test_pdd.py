@@ -3,7 +3,7 @@ import torch
 
 from whisfusion.config import DecodeConfig
 from whisfusion.pdd import canvas_for, options_from_config, pdd_decode
-from whisfusion.pdd.sampler import gumbel_argmax, linear_budgets
+from whisfusion.pdd.sampler import block_budgets, eos_tail, gumbel_argmax, linear_budgets
 
 V = 24  # head size; [MASK] = V
 MASK, EOS = V, 1
@@ -30,7 +30,7 @@ class Peaked:
         self.k = k
         self.inputs: list[torch.Tensor] = []
 
-    def __call__(self, tokens, cache):
+    def __call__(self, tokens, cache, where):
         assert cache == "cache"  # passed through untouched
         self.inputs.append(tokens.clone())
         return self.logits.repeat_interleave(self.k, dim=0)
@@ -43,7 +43,7 @@ class Noisy:
         gen = torch.Generator().manual_seed(seed)
         self.logits = torch.randn(n, length, V, generator=gen).repeat_interleave(k, dim=0)
 
-    def __call__(self, tokens, cache):
+    def __call__(self, tokens, cache, where):
         return self.logits
 
 
@@ -110,14 +110,103 @@ def test_low_confidence_commits_the_linear_budget_and_never_revisits():
     assert bool((res.tokens[~valid[:, None].expand_as(res.tokens)] == EOS).all())
 
 
+def test_linear_budgets_are_llada_even_split():
+    free = torch.zeros(3, 12, dtype=torch.bool)
+    free[0, :11] = True
+    free[1, 2:7] = True  # 5 positions over 4 steps
+    budgets = linear_budgets(free, 4)
+    assert budgets.tolist() == [[3, 3, 3, 2], [2, 1, 1, 1], [0, 0, 0, 0]]
+
+
+def test_block_budgets_fill_each_block_during_its_own_steps():
+    free = torch.ones(2, 10, dtype=torch.bool)
+    free[1, 7:] = False  # 7 free positions
+    budgets, block = block_budgets(free, steps=5, blocks=2)
+    # steps 0-2 fill block 0, steps 3-4 block 1; row 0: blocks of 5 + 5, row 1: 3 + 4
+    assert block[0].tolist() == [0] * 5 + [1] * 5
+    assert block[1].tolist() == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert budgets.tolist() == [[2, 2, 1, 3, 2], [2, 1, 1, 2, 1]]
+    with pytest.raises(ValueError, match="blocks"):
+        block_budgets(free, steps=2, blocks=3)
+
+
+def test_blocks_decode_left_to_right():
+    k, steps, blocks = 2, 6, 3
+    res, canvas, valid = decode(
+        Noisy(3, 12, k), k=k, steps=steps, blocks=blocks, return_trajectory=True
+    )
+    free = (valid & (canvas == MASK)).repeat_interleave(k, 0)
+    _, block = block_budgets(free, steps, blocks)
+    for s, step in enumerate(res.trajectory):
+        filled = free & (step.reshape(-1, 12) != MASK)
+        done = s * blocks // steps  # the block this step fills
+        if (s + 1) * blocks // steps > done:  # its last step: blocks <= done are complete
+            assert torch.equal(filled, free & (block <= done))
+        assert not bool((filled & (block > done)).any())
+    assert not bool((res.tokens == MASK).any())
+    with pytest.raises(ValueError, match="low_confidence"):
+        decode(Noisy(3, 12, k), k=k, steps=steps, blocks=2, remasking="random")
+
+
+def test_denoiser_is_asked_for_the_positions_each_step_may_commit():
+    k, steps, blocks = 2, 6, 3
+    asked = []
+
+    class Recording(Noisy):
+        def __call__(self, tokens, cache, where):
+            asked.append((tokens.clone(), where.clone()))
+            return super().__call__(tokens, cache, where)
+
+    res, canvas, valid = decode(Recording(3, 12, k), k=k, steps=steps, blocks=blocks)
+    free = (valid & (canvas == MASK)).repeat_interleave(k, 0)
+    _, block = block_budgets(free, steps, blocks)
+    for s, (tokens, where) in enumerate(asked):
+        assert torch.equal(where, (tokens == MASK) & (block == s * blocks // steps))
+    asked.clear()
+    decode(Recording(3, 12, k), k=k, steps=steps, remasking="random")
+    assert all(torch.equal(where, tokens == MASK) for tokens, where in asked)
+
+
+def test_eos_tail_is_the_sure_eos_suffix_of_the_free_positions():
+    e = EOS
+    pred = torch.tensor([[7, e, 7, e, e, e], [7, 8, e, e, e, e], [e, e, e, e, e, e]])
+    prob = torch.tensor([[0.9] * 6, [0.9, 0.9, 0.5, 0.95, 0.95, 0.95], [0.99] * 6])
+    free = torch.ones(3, 6, dtype=torch.bool)
+    free[2, 0] = False  # a given language token
+    tail = eos_tail(pred, prob, free, EOS, threshold=0.8)
+    assert tail.tolist() == [
+        [False, False, False, True, True, True],  # the EOS at 1 is not part of the suffix
+        [False, False, False, True, True, True],  # the unsure EOS at 2 ends it
+        [False, True, True, True, True, True],
+    ]
+
+
+def test_length_first_gives_every_step_to_the_transcript():
+    k, steps = 1, 4
+    target = targets()
+    res, canvas, valid = decode(
+        Peaked(target, k), k=k, steps=steps, eos_threshold=0.9, return_trajectory=True
+    )
+    assert torch.equal(res.tokens[:, 0], target)
+    free = valid & (canvas == MASK)
+    tail = free & (target == EOS)
+    first = res.trajectory[0][:, 0]
+    assert bool((first[tail] == EOS).all())  # the whole padding at step 1
+    words = free & ~tail
+    # the T steps share the remaining positions evenly: step 1 fills its share of them only
+    assert ((first != MASK) & words).sum(1).tolist() == linear_budgets(words, steps)[:, 0].tolist()
+    with pytest.raises(ValueError, match="eos_threshold"):
+        decode(Peaked(target, k), k=k, eos_threshold=0.5, remasking="random")
+
+
 def test_random_masks_the_scheduled_share_and_leaves_no_mask():
     k, steps, schedule = 2, 5, [1.0, 0.5, 0.25]
     den = Noisy(3, 12, k)
     calls = []
 
-    def recording(tokens, cache):
+    def recording(tokens, cache, where):
         calls.append(tokens.clone())
-        return den(tokens, cache)
+        return den(tokens, cache, where)
 
     res, canvas, valid = decode(
         recording,
@@ -205,4 +294,4 @@ def test_config_options_and_bad_input():
     with pytest.raises(ValueError, match="random_schedule"):
         decode(Peaked(targets(), 3), remasking="random", random_schedule=[1.5])
     with pytest.raises(ValueError, match="denoise returned"):
-        decode(lambda x, c: torch.zeros(x.shape[0], x.shape[1], V + 1))
+        decode(lambda x, c, w: torch.zeros(x.shape[0], x.shape[1], V + 1))

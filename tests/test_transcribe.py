@@ -190,6 +190,10 @@ def test_bad_arguments_are_refused(model):
         model.check_options(DecodeOptions.from_config(model.cfg.decode, blank_penalty=1.0))
     with pytest.raises(ValueError, match="blank_penalty must be >= 0"):
         DecodeOptions.from_config(model.cfg.decode, blank_penalty=-1.0)
+    with pytest.raises(ValueError, match=r"decode.blocks must be in \[1, decode.steps=4\]"):
+        DecodeOptions.from_config(model.cfg.decode, steps=4, blocks=5)
+    with pytest.raises(ValueError, match="decode.eos_threshold > 0 needs low_confidence"):
+        DecodeOptions.from_config(model.cfg.decode, eos_threshold=0.9, remasking="random")
 
 
 @pytest.mark.parametrize("frame_stack", [1, 2])

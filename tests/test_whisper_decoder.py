@@ -167,3 +167,16 @@ def test_weights_without_a_decoder_are_refused(tmp_path):
     serialize_ct2(tmp_path / "model.bin", *_aliases(ct2_variables(model.model)))
     with pytest.raises(ValueError, match="decoder"):
         load_whisper_decoder(tmp_path, PROMPT)
+
+
+def test_where_computes_the_same_logits_at_the_asked_positions_only(tiny):
+    model, ours = tiny
+    feats = features(model)
+    cache = ours.cross_cache(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
+    tokens = torch.randint(0, 80, (2, 7), generator=torch.Generator().manual_seed(3))
+    tokens[:, 3:] = ours.mask_id
+    where = tokens == ours.mask_id
+    with torch.no_grad():
+        full, part = ours(tokens, cache), ours(tokens, cache, None, where)
+    assert torch.allclose(part[where], full[where], atol=1e-5)
+    assert bool((part[~where] == 0).all())

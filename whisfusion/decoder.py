@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from whisfusion.config import DecoderConfig
-from whisfusion.denoiser import check_canvas
+from whisfusion.denoiser import check_canvas, logits_where
 
 
 def stack_frames(
@@ -277,7 +277,11 @@ class DiffusionDecoder(nn.Module):
         return CrossCache([k for k, _ in pairs], [v for _, v in pairs], valid, state)
 
     def forward(
-        self, tokens: torch.Tensor, cache: CrossCache, canvas_valid: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        cache: CrossCache,
+        canvas_valid: torch.Tensor | None = None,
+        where: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for every canvas position.
 
@@ -286,6 +290,8 @@ class DiffusionDecoder(nn.Module):
                 utterance-major (row n*K + k belongs to utterance n).
             cache: cross-attention keys/values of N utterances (`cross_cache`).
             canvas_valid: (N*K, L) bool, False beyond each row's own canvas (padded batches).
+            where: (N*K, L) bool, the positions whose logits are needed (zeros elsewhere), or
+                None for all.
         Returns:
             (N*K, L, vocab_size) float logits.
         """
@@ -307,7 +313,7 @@ class DiffusionDecoder(nn.Module):
                 x = checkpoint(blk, x, cos, sin, self_mask, k, v, cross_mask, use_reentrant=False)
             else:
                 x = blk(x, cos, sin, self_mask, k, v, cross_mask)
-        logits = self.head(self.norm_out(x)).float()
+        logits = logits_where(x, lambda h: self.head(self.norm_out(h)), where)
         if self.prior is not None:
             logits = self.prior.fuse_logits(logits, cache.prior)
         return logits

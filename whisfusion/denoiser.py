@@ -7,6 +7,7 @@ config names (`model.decoder.kind`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
@@ -24,13 +25,32 @@ class Denoiser(Protocol):
         utterances (cross-attention keys/values computed once, reused for every step and every
         one of the K candidate rows)."""
 
-    def forward(self, tokens: Tensor, cache: Any, canvas_valid: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        tokens: Tensor,
+        cache: Any,
+        canvas_valid: Tensor | None = None,
+        where: Tensor | None = None,
+    ) -> Tensor:
         """tokens (N*K, L) canvas ids, utterance-major (row n*K + k is candidate k of utterance
         n), [MASK] = mask_id; canvas_valid (N*K, L) bool -> logits (N*K, L, vocab_size) float:
-        for every canvas position, the distribution of the clean token there."""
+        for every canvas position, the distribution of the clean token there. With `where`
+        ((N*K, L) bool), only the logits at those positions are needed: the others may be
+        zeros (the output layer is most of a large-vocabulary decoder's work)."""
 
-    def __call__(self, tokens: Tensor, cache: Any, canvas_valid: Tensor | None = None) -> Tensor:
+    def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         """`forward` (an `nn.Module` call)."""
+
+
+def logits_where(hidden: Tensor, head: Callable[[Tensor], Tensor], where: Tensor | None) -> Tensor:
+    """The output layer `head` ((..., D) -> (..., V)) on hidden states (R, L, D) -> (R, L, V)
+    float logits, computed only at `where` ((R, L) bool) when given, zeros elsewhere."""
+    if where is None:
+        return head(hidden).float()
+    picked = head(hidden[where]).float()
+    out = picked.new_zeros(*where.shape, picked.shape[-1])
+    out[where] = picked
+    return out
 
 
 def check_canvas(rows: int, length: int, utterances: int, longest: int) -> None:

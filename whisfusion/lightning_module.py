@@ -116,7 +116,8 @@ class WhisfusionModule(L.LightningModule):
         corr = self.schedule.corrupt(
             tokens, canvas_valid, self.model.decoder.mask_id, step, generator
         )
-        logits = self.model.decoder(corr.x_t, cache, canvas_valid)
+        # the loss reads the masked positions only: the output layer runs there alone
+        logits = self.model.decoder(corr.x_t, cache, canvas_valid, corr.weights > 0)
         parts = {"diffusion_loss": diffusion_loss(logits, tokens, corr.weights)}
         loss = parts["diffusion_loss"]
         auxiliary = self.model.auxiliary_losses(cache, tokens, canvas_valid)

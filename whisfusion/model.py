@@ -202,8 +202,11 @@ class Whisfusion(nn.Module):
         row_valid = canvas_valid.repeat_interleave(options.candidates, dim=0)
         features, valid = trim_frames(features, valid, FRAME_MULTIPLE if options.compile else 1)
         step = denoiser(self.decoder, options.compile)
+        # a compiled step keeps one output shape: it computes every position's logits
         result = pdd_decode(
-            lambda tokens, cache: step(tokens, cache, row_valid),
+            lambda tokens, cache, where: step(
+                tokens, cache, row_valid, None if options.compile else where
+            ),
             self.cross_cache(features, valid, reading),
             canvas,
             canvas_valid,

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from whisfusion.config.decode import DECODE_DTYPES, DECODE_METHODS, DecodeConfig
-from whisfusion.pdd.sampler import REMASKING
+from whisfusion.pdd.sampler import REMASKING, check_order
 from whisfusion.pdd.select import METHODS
 
 
@@ -25,6 +25,8 @@ class DecodeOptions:
     candidates: int
     remasking: str
     random_schedule: tuple[float, ...]
+    blocks: int
+    eos_threshold: float
     temperature: float
     select: str
     align_weight: float | None
@@ -74,6 +76,7 @@ class DecodeOptions:
         for key in ("temperature", "blank_penalty", "language_vocab_min_count"):
             if getattr(self, key) < 0:
                 raise ValueError(f"decode.{key} must be >= 0, got {getattr(self, key)}")
+        check_order(self.steps, self.remasking, self.blocks, self.eos_threshold)
         if not self.random_schedule or any(not 0.0 <= r <= 1.0 for r in self.random_schedule):
             raise ValueError(
                 f"decode.random_schedule needs shares in [0, 1], got {list(self.random_schedule)}"

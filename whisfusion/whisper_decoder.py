@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from whisfusion.denoiser import check_canvas
+from whisfusion.denoiser import check_canvas, logits_where
 from whisfusion.encoder.model import MultiHeadSelfAttention
 
 # Whisper's own LayerNorm epsilon (openai-whisper and transformers).
@@ -229,7 +229,7 @@ class WhisperDenoiser(nn.Module):
         tokens: torch.Tensor,
         cache: WhisperCrossCache,
         canvas_valid: torch.Tensor | None = None,
-        align_weight: None = None,
+        where: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits for every canvas position.
 
@@ -238,8 +238,9 @@ class WhisperDenoiser(nn.Module):
                 utterance-major (row n*K + k belongs to utterance n).
             cache: cross-attention keys/values of N utterances (`cross_cache`).
             canvas_valid: (N*K, L) bool, False beyond each row's own canvas.
-            align_weight: None (there is no alignment head to weigh).
+            where: (N*K, L) bool, the positions whose logits are needed (zeros elsewhere), or
+                None for all: the 51,865-way output layer is most of this decoder's work.
         Returns:
             (N*K, L, vocab_size) float logits.
         """
-        return self.logits_at(self.canvas_hidden(tokens, cache, canvas_valid))
+        return logits_where(self.canvas_hidden(tokens, cache, canvas_valid), self.logits_at, where)

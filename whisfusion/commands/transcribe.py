@@ -63,6 +63,18 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
         "a share of the canvas each step (v1)",
     )
     p.add_argument(
+        "--blocks",
+        type=int,
+        help="semi-autoregressive blocks filled left to right (low_confidence; 1 = the whole "
+        "canvas at once)",
+    )
+    p.add_argument(
+        "--eos-threshold",
+        type=float,
+        help="length first: the first step commits the canvas's tail read as EOS with at least "
+        "this probability, the T steps go to the positions before it (0 = off)",
+    )
+    p.add_argument(
         "--temperature",
         type=float,
         help="sampling temperature of candidates 2..K (0 = all greedy)",
@@ -153,6 +165,8 @@ def decode_settings(model, args: argparse.Namespace, command: str):
             steps=args.steps,
             candidates=args.candidates,
             remasking=args.remasking,
+            blocks=args.blocks,
+            eos_threshold=args.eos_threshold,
             temperature=args.temperature,
             select=args.select,
             batch_size=args.batch_size,

@@ -23,6 +23,13 @@ class DecodeConfig:
     remasking: str = "low_confidence"
     # Re-mask fractions per step for remasking=random (v1 schedule); last entry repeats.
     random_schedule: list[float] = field(default_factory=lambda: [1.0, 0.9, 0.85, 0.8])
+    # Semi-autoregressive blocks (LLaDA): the canvas is filled left to right in this many
+    # blocks, each during its share of the T steps (low_confidence only); 1 = all at once.
+    blocks: int = 1
+    # Length first (as Mask-Predict): the first step commits the canvas's tail it reads as EOS
+    # padding with at least this probability, and all T steps' budgets go to the positions
+    # before it (low_confidence only); 0 = off, the paper's schedule over the whole canvas.
+    eos_threshold: float = 0.0
     # Gumbel temperature of candidate rows 2..K (row 1 stays greedy); 0 = all greedy.
     temperature: float = 1.0
     # How one candidate is picked: "confidence", "mbr" or "rover".

@@ -1,8 +1,12 @@
 """Parallel Diffusion Decoding: fill a masked canvas in T parallel steps, K candidates at once.
 
-Everything here is a pure function over a `denoise(tokens, cache) -> logits` callable:
+Everything here is a pure function over a `denoise(tokens, cache, where) -> logits` callable:
 
-    denoise(tokens: LongTensor (N*K, L), cache) -> FloatTensor (N*K, L, V)
+    denoise(tokens: LongTensor (N*K, L), cache, where: BoolTensor (N*K, L))
+        -> FloatTensor (N*K, L, V)
+
+`where` marks the positions whose predictions the step can use (the still-masked ones it may
+commit); logits elsewhere are never read, so a decoder may skip them.
 
 Rows are utterance-major (row n*K + k is candidate k of utterance n), so the decoder can group
 the K rows of one utterance onto its cached cross-attention; the cache is passed through
@@ -19,7 +23,15 @@ Remasking strategies:
     low_confidence  (LLaDA) Each step predicts every still-masked free position and commits the
                     most confident ones. Each row's free positions are spread evenly over the T
                     steps (the first `m % T` steps take one more), so after T steps nothing is
-                    masked. Committed tokens never change.
+                    masked. Committed tokens never change. With `blocks` > 1 (LLaDA's
+                    semi-autoregressive decoding) the free positions are cut into that many
+                    contiguous blocks, filled left to right, each during its share of the T
+                    steps (`block_budgets`): the end of the transcript (where its EOS padding
+                    starts) is decided after its beginning. With `eos_threshold` > 0 the
+                    length comes first, as in Mask-Predict: the first step commits the tail
+                    of the canvas it reads as EOS padding with at least that probability
+                    (`eos_tail`), and the budgets of all T steps go to the positions before
+                    it, so the transcript's own tokens get the steps.
     random          (v1) The input of step s has a share rho_s of each row's free positions
                     masked (exactly round(rho_s * free), drawn uniformly, independently per
                     row; positions still [MASK] stay masked). The model predicts them and the
@@ -56,7 +68,7 @@ if TYPE_CHECKING:
     from whisfusion.config import DecodeConfig
     from whisfusion.options import DecodeOptions
 
-Denoise = Callable[[torch.Tensor, Any], torch.Tensor]
+Denoise = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
 
 
 class LogitFilter(Protocol):
@@ -125,6 +137,8 @@ def options_from_config(cfg: DecodeOptions | DecodeConfig) -> dict[str, Any]:
         remasking=cfg.remasking,
         random_schedule=list(cfg.random_schedule),
         temperature=cfg.temperature,
+        blocks=cfg.blocks,
+        eos_threshold=cfg.eos_threshold,
     )
 
 
@@ -190,9 +204,48 @@ def linear_budgets(masked: torch.Tensor, steps: int) -> torch.Tensor:
 
     LLaDA's even split: m // T per step, the first m % T steps one more.
     """
-    m = masked.sum(dim=1, keepdim=True)
-    s = torch.arange(steps, device=masked.device)[None, :]
-    return m // steps + (s < m % steps).long()
+    budgets, _ = block_budgets(masked, steps, 1)
+    return budgets
+
+
+def block_budgets(free: torch.Tensor, steps: int, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLaDA's semi-autoregressive schedule: the free positions of each row, in order, cut into
+    `blocks` contiguous runs of near-equal size, the T steps into `blocks` runs of near-equal
+    length; block j is filled during its own steps, split evenly over them (the first ones take
+    one more). blocks = 1 is the plain even split over the whole canvas.
+
+    Args:
+        free: (R, L) bool, the positions to fill.
+        steps: T >= blocks.
+    Returns:
+        budgets: (R, T) long, positions to commit at each step (rows sum to free.sum(1));
+        block: (R, L) long, the block each free position belongs to (`blocks` elsewhere).
+    """
+    if not 1 <= blocks <= steps:
+        raise ValueError(f"blocks must be in [1, steps={steps}], got {blocks}")
+    m = free.sum(dim=1, keepdim=True)
+    rank = free.long().cumsum(dim=1) - 1
+    block = torch.where(free, rank * blocks // m.clamp(min=1), blocks)
+    counts = torch.zeros(free.shape[0], blocks + 1, dtype=torch.long, device=free.device)
+    counts.scatter_add_(1, block, torch.ones_like(block))
+    s = torch.arange(steps, device=free.device)
+    step_block = s * blocks // steps  # (T,) the block each step fills
+    first = torch.searchsorted(step_block, torch.arange(blocks, device=free.device))
+    length = torch.bincount(step_block, minlength=blocks)  # steps per block
+    c = counts[:, step_block]  # (R, T) size of the block each step fills
+    k = length[step_block]
+    budgets = c // k + ((s - first[step_block]) < c % k).long()
+    return budgets, block
+
+
+def eos_tail(
+    pred: torch.Tensor, prob: torch.Tensor, free: torch.Tensor, eos_id: int, threshold: float
+) -> torch.Tensor:
+    """The EOS padding a prediction is sure of: (R, L) tensors -> (R, L) bool, True on the free
+    positions from which on every free position is predicted EOS with prob >= threshold."""
+    sure = free & (pred == eos_id) & (prob >= threshold)
+    unsure_after = (free & ~sure).flip(1).cumsum(1).flip(1)  # unsure positions at or after p
+    return sure & (unsure_after == 0)
 
 
 def _rank_desc(score: torch.Tensor) -> torch.Tensor:
@@ -227,6 +280,21 @@ def _check(canvas, valid, mask_id, candidates, steps, remasking, random_schedule
         raise ValueError(f"canvas holds ids above the [MASK] id {mask_id}")
 
 
+def check_order(steps: int, remasking: str, blocks: int, eos_threshold: float) -> None:
+    """Check the options that order the commits of low_confidence remasking (the messages name
+    their `decode.*` keys)."""
+    if not 1 <= blocks <= steps:
+        raise ValueError(f"decode.blocks must be in [1, decode.steps={steps}], got {blocks}")
+    if blocks > 1 and remasking != "low_confidence":
+        raise ValueError(f"decode.blocks > 1 needs low_confidence remasking, got '{remasking}'")
+    if not 0.0 <= eos_threshold <= 1.0:
+        raise ValueError(f"decode.eos_threshold must be in [0, 1], got {eos_threshold}")
+    if eos_threshold > 0 and remasking != "low_confidence":
+        raise ValueError(
+            f"decode.eos_threshold > 0 needs low_confidence remasking, got '{remasking}'"
+        )
+
+
 @torch.no_grad()
 def pdd_decode(
     denoise: Denoise,
@@ -244,11 +312,14 @@ def pdd_decode(
     generator: torch.Generator | None = None,
     return_trajectory: bool = False,
     logit_filters: Sequence[LogitFilter] = (),
+    blocks: int = 1,
+    eos_threshold: float = 0.0,
 ) -> PDDResult:
     """Decode K candidate transcripts per utterance in at most `steps` denoiser calls.
 
     Args:
-        denoise: (N*K, L) long -> (N*K, L, V) logits, V <= mask_id; called with `cache`.
+        denoise: (tokens (N*K, L) long, cache, where (N*K, L) bool) -> (N*K, L, V) logits,
+            V <= mask_id; only the logits at `where` are read.
         canvas: (N, L) start canvases (`canvas_for`): given tokens or [MASK] on valid positions.
         valid: (N, L) bool, False beyond each utterance's canvas (forced to `eos_id`).
         candidates: K rows per utterance; row 0 greedy, rows >= 1 sampled at `temperature`.
@@ -261,8 +332,13 @@ def pdd_decode(
             torch's global generator. Best on the canvas's device (else it seeds one there).
         return_trajectory: keep the (N, K, L) canvas after each step.
         logit_filters: applied in order to the logits of every step (`LogitFilter`).
+        blocks: semi-autoregressive blocks, filled left to right (low_confidence only; 1 = the
+            whole canvas at once).
+        eos_threshold: commit the first step's sure EOS tail before the budgets are set
+            (low_confidence only; 0 = off).
     """
     _check(canvas, valid, mask_id, candidates, steps, remasking, random_schedule, temperature)
+    check_order(steps, remasking, blocks, eos_threshold)
     n, length = canvas.shape
     valid_rows = valid.repeat_interleave(candidates, dim=0)
     x = torch.where(valid, canvas, eos_id).repeat_interleave(candidates, dim=0)
@@ -270,7 +346,7 @@ def pdd_decode(
     sampled_rows = torch.arange(n * candidates, device=x.device) % candidates > 0
     gen = on_device(generator, x.device)
     confidence = torch.ones(x.shape, dtype=torch.float32, device=x.device)
-    budgets = linear_budgets(free, steps) if remasking == "low_confidence" else None
+    budgets, block = block_budgets(free, steps, blocks)
     n_free = free.sum(dim=1, keepdim=True).float()
     trajectory: list[torch.Tensor] = []
     steps_run = 0
@@ -284,7 +360,12 @@ def pdd_decode(
             masked = masked | (free & (_rank_desc(draw) < count))
         x_in = torch.where(masked, mask_id, x)
 
-        logits = denoise(x_in, cache)
+        length_first = s == 0 and eos_threshold > 0
+        if remasking == "low_confidence" and not length_first:
+            need = masked & (block == s * blocks // steps)
+        else:
+            need = masked
+        logits = denoise(x_in, cache, need)
         if logits.shape[:2] != x.shape or logits.shape[-1] > mask_id:
             raise ValueError(
                 f"denoise returned logits {tuple(logits.shape)}; expected "
@@ -294,10 +375,17 @@ def pdd_decode(
             logits = logit_filter.apply(logits, x_in)
         pred, prob = predict(logits, sampled_rows, temperature, gen)
         steps_run += 1
+        if length_first:
+            tail = eos_tail(pred, prob, masked, eos_id, eos_threshold)
+            x_in = torch.where(tail, eos_id, x_in)
+            confidence = torch.where(tail, prob, confidence)
+            masked = masked & ~tail
+            budgets, block = block_budgets(masked, steps, blocks)
+            need = masked & (block == 0)
 
         if remasking == "low_confidence":
-            score = torch.where(masked, prob, -1.0)
-            commit = masked & (_rank_desc(score) < budgets[:, s : s + 1])
+            score = torch.where(need, prob, -1.0)
+            commit = need & (_rank_desc(score) < budgets[:, s : s + 1])
         else:
             commit = masked
         x_new = torch.where(commit, pred, x_in)
