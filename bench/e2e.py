@@ -284,6 +284,11 @@ def run_e2e(
             "dtype": decode.dtype,
         },
         "encoder": model.encoder.source,
+        "decoder": (
+            "Whisper's own pretrained decoder"
+            if model.cfg.model.decoder.kind == "whisper"
+            else "random decoder weights: the cost does not depend on them"
+        ),
         "clips_s": [round(c.numel() / SAMPLE_RATE, 2) for c in clips],
         "audio": source,
         "batches": list(batches),

@@ -274,8 +274,9 @@ def render_e2e_markdown(result: dict) -> str:
         f"{len(clips)} {e2e['audio']} clips of {min(clips)} to {max(clips)} s "
         f"({sum(clips):.1f} s in all), each system on the same clips and device, "
         f"`torch.set_num_threads({result['threads']})`. whisfusion: `configs/"
-        f"{e2e['config']}.yaml`'s pipeline (encoder {e2e['encoder']}, random decoder weights: "
-        f"the cost does not depend on them), T = {decode['steps']}, K = {decode['candidates']}, "
+        f"{e2e['config']}.yaml`'s pipeline (encoder {e2e['encoder']}, "
+        f"{e2e.get('decoder', 'random decoder weights')}), T = {decode['steps']}, "
+        f"K = {decode['candidates']}, "
         f"{decode['select']} selection, decode.dtype {decode['dtype']}, with selection and "
         "detokenizing. Encoder: the log-mel and encoder seconds inside whisfusion's run (the "
         "floor). Each row is one timed pass over every clip after an untimed one.",
