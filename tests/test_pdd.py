@@ -3,7 +3,7 @@ import torch
 
 from whisfusion.config import DecodeConfig
 from whisfusion.pdd import canvas_for, options_from_config, pdd_decode
-from whisfusion.pdd.sampler import block_budgets, eos_tail, gumbel_argmax, linear_budgets
+from whisfusion.pdd.sampler import block_budgets, eos_tail, gumbel_argmax
 
 V = 24  # head size; [MASK] = V
 MASK, EOS = V, 1
@@ -95,7 +95,7 @@ def test_low_confidence_commits_the_linear_budget_and_never_revisits():
     k, steps = 3, 4
     res, canvas, valid = decode(Noisy(3, 12, k), k=k, steps=steps, return_trajectory=True)
     free = (valid & (canvas == MASK)).repeat_interleave(k, 0)
-    budgets = linear_budgets(free, steps)
+    budgets = block_budgets(free, steps, 1)[0]
     assert budgets.sum(1).tolist() == free.sum(1).tolist()
     prev = canvas.repeat_interleave(k, 0)
     assert res.steps_run == steps and len(res.trajectory) == steps
@@ -110,11 +110,11 @@ def test_low_confidence_commits_the_linear_budget_and_never_revisits():
     assert bool((res.tokens[~valid[:, None].expand_as(res.tokens)] == EOS).all())
 
 
-def test_linear_budgets_are_llada_even_split():
+def test_one_block_is_llada_even_split():
     free = torch.zeros(3, 12, dtype=torch.bool)
     free[0, :11] = True
     free[1, 2:7] = True  # 5 positions over 4 steps
-    budgets = linear_budgets(free, 4)
+    budgets = block_budgets(free, 4, 1)[0]
     assert budgets.tolist() == [[3, 3, 3, 2], [2, 1, 1, 1], [0, 0, 0, 0]]
 
 
@@ -194,7 +194,9 @@ def test_length_first_gives_every_step_to_the_transcript():
     assert bool((first[tail] == EOS).all())  # the whole padding at step 1
     words = free & ~tail
     # the T steps share the remaining positions evenly: step 1 fills its share of them only
-    assert ((first != MASK) & words).sum(1).tolist() == linear_budgets(words, steps)[:, 0].tolist()
+    assert ((first != MASK) & words).sum(1).tolist() == block_budgets(words, steps, 1)[0][
+        :, 0
+    ].tolist()
     with pytest.raises(ValueError, match="eos_threshold"):
         decode(Peaked(target, k), k=k, eos_threshold=0.5, remasking="random")
 

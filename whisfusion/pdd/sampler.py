@@ -199,15 +199,6 @@ def predict(
     return tokens, prob
 
 
-def linear_budgets(masked: torch.Tensor, steps: int) -> torch.Tensor:
-    """Positions to commit per row and step: (R, L) bool -> (R, steps) long, rows sum to masked.
-
-    LLaDA's even split: m // T per step, the first m % T steps one more.
-    """
-    budgets, _ = block_budgets(masked, steps, 1)
-    return budgets
-
-
 def block_budgets(free: torch.Tensor, steps: int, blocks: int) -> tuple[torch.Tensor, torch.Tensor]:
     """LLaDA's semi-autoregressive schedule: the free positions of each row, in order, cut into
     `blocks` contiguous runs of near-equal size, the T steps into `blocks` runs of near-equal
@@ -346,7 +337,10 @@ def pdd_decode(
     sampled_rows = torch.arange(n * candidates, device=x.device) % candidates > 0
     gen = on_device(generator, x.device)
     confidence = torch.ones(x.shape, dtype=torch.float32, device=x.device)
-    budgets, block = block_budgets(free, steps, blocks)
+    # low_confidence's schedule; length first sets it once the first step has read the length
+    budgets = block = None
+    if remasking == "low_confidence" and eos_threshold == 0:
+        budgets, block = block_budgets(free, steps, blocks)
     n_free = free.sum(dim=1, keepdim=True).float()
     trajectory: list[torch.Tensor] = []
     steps_run = 0
