@@ -87,6 +87,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="configs/*.yaml whose pipeline the end-to-end comparison times (cpu: demo, the "
         "default demo model; cuda: large)",
     )
+    p.add_argument(
+        "--e2e-checkpoint",
+        metavar="CKPT",
+        help="a trained checkpoint whose pipeline the end-to-end comparison times instead of "
+        "--e2e-config's untrained model (e.g. runs/demo/checkpoints/last.ckpt)",
+    )
 
 
 def profile_from_args(args: argparse.Namespace) -> Profile:
@@ -100,6 +106,7 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
         repeats=args.repeats,
         max_time_s=args.max_time_s,
         e2e_config=args.e2e_config,
+        e2e_checkpoint=args.e2e_checkpoint,
     )
 
 

@@ -35,6 +35,7 @@ from bench.audio import SENTENCES, speech_clips, synthetic_clip
 from bench.machine import load_average
 from bench.profiles import EncoderShape
 from whisfusion.audio import SAMPLE_RATE
+from whisfusion.checkpoint import load_model
 from whisfusion.config import load_config
 from whisfusion.decoders import build_tokenizer
 from whisfusion.encoder import FrozenWhisperEncoder, build_encoder
@@ -147,7 +148,9 @@ def time_whisfusion(model: Whisfusion, clips: Sequence[torch.Tensor], batch: int
         for i, c in enumerate(clips)
     ]
     decode = DecodeOptions.from_config(model.cfg.decode, batch_size=batch)
-    with torch.inference_mode():
+    # no_grad, as `whisfusion transcribe` runs: under inference_mode autocast does not cache
+    # its weight casts, and every denoising step would cast every weight again
+    with torch.no_grad():
         transcribe_sources(model, sources, decode)  # warm-up: every shape once
         times = StageTimes()
         wall = _timed(lambda: transcribe_sources(model, sources, decode, times=times), model.device)
@@ -248,9 +251,18 @@ def run_e2e(
 
     device, batches = torch.device(profile.device), profile.e2e_batches
     clips, source = e2e_clips(clips_seconds)
-    model = build_whisfusion(
-        profile.e2e_config, device, profile.encoder, [*profile.e2e_overrides, *config_overrides]
-    )
+    if profile.e2e_checkpoint:
+        model = load_model(profile.e2e_checkpoint, map_location=device)
+        decoder = f"the trained decoder of {profile.e2e_checkpoint}"
+    else:
+        model = build_whisfusion(
+            profile.e2e_config, device, profile.encoder, [*profile.e2e_overrides, *config_overrides]
+        )
+        decoder = (
+            "Whisper's own pretrained decoder"
+            if model.cfg.model.decoder.kind == "whisper"
+            else "random decoder weights: the cost does not depend on them"
+        )
     rows = []
     for batch in batches:
         log.info("e2e whisfusion batch %d", batch)
@@ -275,7 +287,7 @@ def run_e2e(
             rows.append(time_batches(name, transcribe, clips, batch, device))
     decode = model.cfg.decode
     return {
-        "config": profile.e2e_config,
+        "config": profile.e2e_checkpoint or f"configs/{profile.e2e_config}.yaml",
         "ct2_not_timed": ct2_reason,
         "decode": {
             "steps": decode.steps,
@@ -284,11 +296,7 @@ def run_e2e(
             "dtype": decode.dtype,
         },
         "encoder": model.encoder.source,
-        "decoder": (
-            "Whisper's own pretrained decoder"
-            if model.cfg.model.decoder.kind == "whisper"
-            else "random decoder weights: the cost does not depend on them"
-        ),
+        "decoder": decoder,
         "clips_s": [round(c.numel() / SAMPLE_RATE, 2) for c in clips],
         "audio": source,
         "batches": list(batches),

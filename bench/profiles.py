@@ -173,6 +173,9 @@ class Profile:
     e2e_transformers: bool = False
     # Config overrides of the timed whisfusion pipeline (key=value).
     e2e_overrides: tuple[str, ...] = ()
+    # A trained checkpoint timed instead of the config's untrained model (its length
+    # prediction decides the canvas the steps run on); None: the config.
+    e2e_checkpoint: str | None = None
 
     def __post_init__(self):
         if self.warmup < 1 or self.repeats < 1 or self.shape_warmup < 0:

@@ -273,8 +273,8 @@ def render_e2e_markdown(result: dict) -> str:
         "",
         f"{len(clips)} {e2e['audio']} clips of {min(clips)} to {max(clips)} s "
         f"({sum(clips):.1f} s in all), each system on the same clips and device, "
-        f"`torch.set_num_threads({result['threads']})`. whisfusion: `configs/"
-        f"{e2e['config']}.yaml`'s pipeline (encoder {e2e['encoder']}, "
+        f"`torch.set_num_threads({result['threads']})`. whisfusion: `{e2e['config']}`'s "
+        f"pipeline (encoder {e2e['encoder']}, "
         f"{e2e.get('decoder', 'random decoder weights')}), T = {decode['steps']}, "
         f"K = {decode['candidates']}, "
         f"{decode['select']} selection, decode.dtype {decode['dtype']}, with selection and "

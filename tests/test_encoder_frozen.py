@@ -94,16 +94,18 @@ def test_output_layer_reads_an_inner_block_and_runs_no_later_one():
 
 
 def test_feature_key_changes_with_everything_that_changes_features():
+    fp32 = torch.float32
     base = tiny(window="trim", trim_multiple_s=1.0)
-    assert base.feature_key == tiny(window="trim", trim_multiple_s=1.0).feature_key
+    assert base.feature_key(fp32) == tiny(window="trim", trim_multiple_s=1.0).feature_key(fp32)
     others = [
         tiny(window="full"),
         tiny(window="trim", trim_multiple_s=2.0),
         tiny(window="trim", trim_multiple_s=1.0, output_layer=1),
         FrozenWhisperEncoder.random(seed=1, window="trim", trim_multiple_s=1.0),
     ]
-    keys = {base.feature_key, *(o.feature_key for o in others)}
+    keys = {base.feature_key(fp32), *(o.feature_key(fp32) for o in others)}
     assert len(keys) == 1 + len(others)
+    assert base.feature_key(torch.bfloat16) not in keys
 
 
 def test_bad_window_settings_are_refused():
@@ -124,6 +126,19 @@ def test_full_window_pads_to_thirty_seconds_and_masks_padding():
         clip = audio[row, : lengths[row]]
         expected = encoder(log_mel_spectrogram(pad_or_trim(clip), 80)[None])[0]
         torch.testing.assert_close(features[row], expected, rtol=0, atol=1e-5)
+
+
+def test_inference_precision_is_the_callers_and_training_keeps_float32_on_the_cpu():
+    encoder = tiny(window="trim")
+    audio, lengths = clips(1.0, 2.5)
+    own, valid = encoder.encode(audio, lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # Lightning's bf16-mixed on a CPU
+        assert torch.equal(encoder.encode(audio, lengths)[0], own)
+    assert torch.equal(encoder.encode(audio, lengths, torch.float32)[0], own)
+    half, half_valid = encoder.encode(audio, lengths, torch.bfloat16)
+    assert half.dtype == torch.float32 and torch.equal(half_valid, valid)
+    assert not torch.equal(half, own)  # the matmuls ran in bf16 ...
+    torch.testing.assert_close(half, own, rtol=0.1, atol=0.1)  # ... on the same features
 
 
 def test_samples_past_the_length_do_not_matter():

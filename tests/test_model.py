@@ -170,17 +170,34 @@ def test_checkpoint_errors(tokenizer, tmp_path):
         Whisfusion.from_checkpoint(tmp_path / "other.ckpt")
 
 
+def test_training_encodes_in_the_decoding_precision(tokenizer, tmp_path):
+    cfg = _cfg(**{"data.feature_cache": str(tmp_path / "cache"), "decode.dtype": "bfloat16"})
+    module = WhisfusionModule(Whisfusion.from_config(cfg, tokenizer))
+    assert module.encoder_dtype == torch.bfloat16
+    batch = _batches(tokenizer, 1)[0]
+    feats, valid = module.features(batch)
+    half, half_valid = module.model.encode(batch["audio"], batch["audio_lens"], torch.bfloat16)
+    torch.testing.assert_close(feats[valid], half[half_valid], rtol=1e-3, atol=1e-3)  # fp16
+    key = module.model.encoder.feature_key(torch.bfloat16)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [key[:16]]
+
+
 def test_feature_cache_encodes_each_utterance_once(tokenizer, tmp_path, monkeypatch):
     module = WhisfusionModule(
         Whisfusion.from_config(_cfg(**{"data.feature_cache": str(tmp_path / "cache")}), tokenizer)
     )
     calls = []
     encode = module.model.encode
-    monkeypatch.setattr(module.model, "encode", lambda a, n: calls.append(len(a)) or encode(a, n))
+
+    def counted(audio, lengths, dtype):
+        calls.append((len(audio), dtype))
+        return encode(audio, lengths, dtype)
+
+    monkeypatch.setattr(module.model, "encode", counted)
     batch = _batches(tokenizer, 1)[0]
     first, valid = module.features(batch)
     again, valid_again = module.features(batch)
-    assert calls == [2]  # the second call read the cache
+    assert calls == [(2, torch.float32)]  # the second call read the cache
     torch.testing.assert_close(first, again, rtol=0, atol=0)
     assert torch.equal(valid, valid_again)
     direct, direct_valid = encode(batch["audio"], batch["audio_lens"])
@@ -188,4 +205,4 @@ def test_feature_cache_encodes_each_utterance_once(tokenizer, tmp_path, monkeypa
     torch.testing.assert_close(first[valid], direct[direct_valid], rtol=1e-3, atol=1e-3)  # fp16
     changed = dict(batch, audio=batch["audio"].flip(1))  # same ids, other audio: not stale
     module.features(changed)
-    assert calls == [2, 2]
+    assert [n for n, _ in calls] == [2, 2]

@@ -33,7 +33,7 @@ class Peaked:
     def __call__(self, tokens, cache, where):
         assert cache == "cache"  # passed through untouched
         self.inputs.append(tokens.clone())
-        return self.logits.repeat_interleave(self.k, dim=0)
+        return self.logits.repeat_interleave(self.k, dim=0)[:, : tokens.shape[1]]
 
 
 class Noisy:
@@ -44,7 +44,7 @@ class Noisy:
         self.logits = torch.randn(n, length, V, generator=gen).repeat_interleave(k, dim=0)
 
     def __call__(self, tokens, cache, where):
-        return self.logits
+        return self.logits[:, : tokens.shape[1]]
 
 
 def decode(denoise, k=3, steps=4, remasking="low_confidence", temperature=1.0, seed=0, **kw):
@@ -199,6 +199,44 @@ def test_length_first_gives_every_step_to_the_transcript():
     ].tolist()
     with pytest.raises(ValueError, match="eos_threshold"):
         decode(Peaked(target, k), k=k, eos_threshold=0.5, remasking="random")
+
+
+def test_tail_margin_cuts_the_canvas_after_the_length_step():
+    k, steps, margin = 2, 4, 1
+    target = targets()
+    full, _, _ = decode(Peaked(target, k), k=k, steps=steps, eos_threshold=0.9)
+    den = Peaked(target, k)
+    res, canvas, valid = decode(
+        den, k=k, steps=steps, eos_threshold=0.9, tail_margin=margin, return_trajectory=True
+    )
+    # the same transcripts and confidences, returned at the full width
+    assert torch.equal(res.tokens, full.tokens)
+    assert torch.equal(res.confidence, full.confidence)
+    assert all(t.shape == res.tokens.shape for t in res.trajectory)
+    text_end = int(((target != EOS).long() * torch.arange(1, target.shape[1] + 1)).max())
+    widths = [t.shape[1] for t in den.inputs]
+    assert widths[0] == canvas.shape[1]  # the length step reads the whole canvas
+    assert set(widths[1:]) == {text_end + margin}
+    assert text_end + margin < canvas.shape[1]
+
+
+def test_commit_threshold_commits_every_sure_position_at_once():
+    k, steps = 2, 4
+    target = targets()
+    sure, _, _ = decode(Peaked(target, k), k=k, steps=steps, commit_threshold=0.9)
+    assert sure.steps_run == 1
+    assert torch.equal(sure.tokens[:, 0], target)
+    paced, _, _ = decode(Peaked(target, k), k=k, steps=steps)
+    assert paced.steps_run == steps
+    # a flat model is never that sure: the schedule's budgets alone, the same result
+    flat, _, _ = decode(Noisy(3, 12, k), k=k, steps=steps, temperature=0.0, commit_threshold=0.9)
+    plain, _, _ = decode(Noisy(3, 12, k), k=k, steps=steps, temperature=0.0)
+    assert flat.steps_run == steps
+    assert torch.equal(flat.tokens, plain.tokens)
+    with pytest.raises(ValueError, match="commit_threshold"):
+        decode(Peaked(target, k), k=k, commit_threshold=0.9, remasking="random")
+    with pytest.raises(ValueError, match="commit_threshold"):
+        decode(Peaked(target, k), k=k, commit_threshold=1.5)
 
 
 def test_random_masks_the_scheduled_share_and_leaves_no_mask():

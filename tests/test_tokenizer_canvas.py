@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from whisfusion.canvas import build_canvas, canvas_length, pad_canvases
+from whisfusion.canvas import build_canvas, canvas_length, kept_width, pad_canvases
 from whisfusion.config import CanvasConfig
 from whisfusion.tokenizer import Tokenizer, train_tokenizer
 
@@ -113,3 +113,12 @@ def test_build_and_pad_canvases():
     with pytest.raises(ValueError, match="does not fit"):
         build_canvas(list(range(8)), lang_id=2, eos_id=1, length=8)
     assert torch.equal(pad_canvases([a], 1)[0][0], a)
+
+
+def test_kept_width_keeps_the_longest_content_and_a_margin():
+    content = torch.zeros(3, 10, dtype=torch.bool)
+    content[0, :3] = True
+    content[1, :5] = True
+    content[2, 0] = True
+    assert kept_width(content, 2) == 7  # row 1's five positions and two more
+    assert kept_width(content, 8) == 10  # never wider than the canvas

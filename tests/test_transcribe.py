@@ -152,6 +152,27 @@ def test_results_do_not_depend_on_the_batch_size(model):
     assert [r.chunks for r in one] == [1, 1, 2, 1, 1, 1]
 
 
+def test_length_first_decodes_the_batch_on_a_cut_canvas(model, monkeypatch):
+    """A decoder sure of EOS from canvas position 4 on: after the length step every call gets
+    the canvas cut to its text and the canvas margin, with the validity rows of that width."""
+    decoder, seen = model.decoder, []
+    real = type(decoder).forward
+
+    def eos_after_four(self, tokens, cache, canvas_valid=None, where=None):
+        seen.append((tokens.shape[1], canvas_valid.shape[1]))
+        logits = real(self, tokens, cache, canvas_valid, where)
+        logits[:, 4:, model.tokenizer.eos_id] = 1e4
+        return logits
+
+    monkeypatch.setattr(type(decoder), "forward", eos_after_four)
+    inputs = [noise(s, i) for i, s in enumerate([0.8, 3.1, 6.4])]
+    results = model.transcribe(inputs, batch_size=3, eos_threshold=0.9)
+    assert len(results) == 3 and all(r.ok for r in results)
+    full, *rest = seen
+    assert full[0] > 4 + model.cfg.model.canvas.margin  # the length step sees the whole canvas
+    assert rest and set(rest) == {(4 + model.cfg.model.canvas.margin,) * 2}
+
+
 def test_sampled_decoding_is_reproducible_for_a_seed(model):
     inputs = [noise(s, i) for i, s in enumerate([1.2, 2.5, 0.7])]
     first = model.transcribe(inputs, candidates=3, select="mbr")

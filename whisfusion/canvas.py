@@ -67,6 +67,16 @@ def pad_canvases(
     return tokens, valid
 
 
+def kept_width(content: torch.Tensor, margin: int) -> int:
+    """Canvas width that keeps every row's content and `margin` positions after the last of
+    them: content (R, L) bool (positions that are not EOS padding) -> min(L, last + 1 +
+    margin), the last content position of any row."""
+    length = content.shape[1]
+    pos = torch.arange(1, length + 1, device=content.device)
+    last = int((content * pos).max()) if content.numel() else 0
+    return min(length, last + margin)
+
+
 def add_per_utterance(rows: torch.Tensor, per_utterance: torch.Tensor) -> torch.Tensor:
     """rows (N*K, L, D), utterance-major, plus per_utterance (N, L, D) or (N, 1, D) on each of
     its K rows, broadcast rather than copied K times."""

@@ -16,6 +16,7 @@ from whisfusion.data.samples import HOST_LENGTHS
 from whisfusion.encoder.windows import trim_to_audio
 from whisfusion.model import Whisfusion
 from whisfusion.optim import build_optimizer
+from whisfusion.precision import resolve_dtype
 from whisfusion.schedule import MaskSchedule, diffusion_loss
 from whisfusion.seeding import mixed_seed
 
@@ -37,14 +38,27 @@ class WhisfusionModule(L.LightningModule):
         self.model = model
         self.cfg: RunConfig = model.cfg
         self.schedule = MaskSchedule(self.cfg.model.schedule)
-        cache_dir = self.cfg.data.feature_cache
-        self.feature_cache = (
-            FeatureCache(cache_dir, model.encoder.feature_key) if cache_dir else None
-        )
+        self._feature_cache: FeatureCache | None = None
         self._step_started = time.perf_counter()
         self.nonfinite = NonFiniteGuard(self.cfg.trainer.max_nonfinite_in_row)
         # (optimizer step, micro-batch index) of the latest training micro-batch
         self._micro = (-1, 0)
+
+    @property
+    def encoder_dtype(self) -> torch.dtype:
+        """The precision the encoder runs in: the one inference will use (`decode.dtype` on
+        this device), so the decoder trains on the features it will later read."""
+        return resolve_dtype(self.cfg.decode.dtype, self.device)
+
+    @property
+    def feature_cache(self) -> FeatureCache | None:
+        """The feature cache (`data.feature_cache`), filed under the encoder's key for this
+        device's precision; opened on first use, once the module is on its device."""
+        cache_dir = self.cfg.data.feature_cache
+        if cache_dir and self._feature_cache is None:
+            key = self.model.encoder.feature_key(self.encoder_dtype)
+            self._feature_cache = FeatureCache(cache_dir, key)
+        return self._feature_cache
 
     def features(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, E) encoder output and (B, T) validity: from batch, cache or encoder.
@@ -58,7 +72,7 @@ class WhisfusionModule(L.LightningModule):
             lens = batch["audio_lens"]
             if HOST_LENGTHS in batch:  # the same lengths, without a device-to-host wait
                 lens = torch.tensor(batch[HOST_LENGTHS], dtype=torch.long)
-            feats, valid = self.model.encode(batch["audio"], lens)
+            feats, valid = self.model.encode(batch["audio"], lens, self.encoder_dtype)
             return trim_to_audio(feats, valid, batch["audio"].shape[1])
         return self._cached_features(batch)
 
@@ -79,7 +93,7 @@ class WhisfusionModule(L.LightningModule):
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
             rows = torch.tensor(missing, device=audio.device)
-            feats, valid = self.model.encode(audio[rows], lens[rows])
+            feats, valid = self.model.encode(audio[rows], lens[rows], self.encoder_dtype)
             # rounded as stored, so a first-seen utterance looks like a cached one
             fresh = [feats[j][valid[j]].to(torch.float16) for j in range(len(missing))]
             self.feature_cache.put([keys[i] for i in missing], fresh)

@@ -88,10 +88,11 @@ class Whisfusion(nn.Module):
         return getattr(self.decoder, "prior", None)
 
     def encode(
-        self, audio: torch.Tensor, lengths: torch.Tensor
+        self, audio: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """audio (B, S) 16 kHz, lengths (B,) -> features (B, T, E), valid (B, T) bool."""
-        return self.encoder.encode(audio, lengths)
+        """audio (B, S) 16 kHz, lengths (B,) -> features (B, T, E), valid (B, T) bool; `dtype`
+        the encoder's precision (None: the encoder's own, as in training)."""
+        return self.encoder.encode(audio, lengths, dtype)
 
     def cross_cache(self, features: torch.Tensor, valid: torch.Tensor, reading=None):
         """The decoder's cache of features (N, T, E), valid (N, T), in the decoder's dtype;
@@ -205,7 +206,7 @@ class Whisfusion(nn.Module):
         # a compiled step keeps one output shape: it computes every position's logits
         result = pdd_decode(
             lambda tokens, cache, where: step(
-                tokens, cache, row_valid, None if options.compile else where
+                tokens, cache, row_valid[:, : tokens.shape[1]], None if options.compile else where
             ),
             self.cross_cache(features, valid, reading),
             canvas,
@@ -215,6 +216,8 @@ class Whisfusion(nn.Module):
             generator=generator,
             return_trajectory=return_trajectory,
             logit_filters=() if allowed is None else [LanguageFilter(allowed)],
+            # a compiled step keeps its canvas width
+            tail_margin=None if options.compile else self.cfg.model.canvas.margin,
             **options_from_config(options),
         )
         return decode_result(result, self.tokenizer, options.select, languages)

@@ -27,6 +27,7 @@ class DecodeOptions:
     random_schedule: tuple[float, ...]
     blocks: int
     eos_threshold: float
+    commit_threshold: float
     temperature: float
     select: str
     align_weight: float | None
@@ -76,7 +77,9 @@ class DecodeOptions:
         for key in ("temperature", "blank_penalty", "language_vocab_min_count"):
             if getattr(self, key) < 0:
                 raise ValueError(f"decode.{key} must be >= 0, got {getattr(self, key)}")
-        check_order(self.steps, self.remasking, self.blocks, self.eos_threshold)
+        check_order(
+            self.steps, self.remasking, self.blocks, self.eos_threshold, self.commit_threshold
+        )
         if not self.random_schedule or any(not 0.0 <= r <= 1.0 for r in self.random_schedule):
             raise ValueError(
                 f"decode.random_schedule needs shares in [0, 1], got {list(self.random_schedule)}"

@@ -1,15 +1,17 @@
 """The precision decoding runs in (`decode.dtype`), applied by one context manager.
 
-    with decoding_precision(cfg.decode.dtype, device):
-        features, valid = model.encode(audio, lengths)
+    with decoding_precision(cfg.decode.dtype, device) as dtype:
+        features, valid = model.encode(audio, lengths, dtype)
         transcripts = model.decode_features(features, valid, durations)
 
-"auto" is bfloat16 autocast on CUDA and float32 on the CPU. On the CPU bf16 autocast was
-measured both ways on an AVX512-BF16 EPYC (demo decoder, T=4, K=4, L=64, 2 threads): 1.36x
-faster at batch 16 but 1.36x slower at batch 1, where the casts of every weight at every call
-outweigh the cheaper matmuls; float32 keeps single-stream decoding fast and is the precision
-CPU checkpoints are trained in. What stays float32 on CUDA (weights outside autocast, float32
-"dtype") runs its matmuls in TF32.
+"auto" is bfloat16 autocast on CUDA and float32 on the CPU, where bf16 is fast only on CPUs with
+bf16 instructions (AVX512-BF16, AMX): on an AVX512-BF16 EPYC the demo model decodes about twice
+as fast in bf16 (`configs/demo_whisper.yaml` sets it), elsewhere it would be emulated. The
+encoder runs in the same precision at inference (`FrozenWhisperEncoder.encode(dtype=)`).
+Autocast keeps each weight's cast for the whole `with` block only outside
+`torch.inference_mode()` (it caches casts of leaf tensors that require grad), so decoding runs
+under `torch.no_grad()`: under inference mode every step would cast every weight again. What
+stays float32 on CUDA (weights outside autocast, float32 "dtype") runs its matmuls in TF32.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from whisfusion.audio import SAMPLE_RATE, load_audio
 from whisfusion.longform import merge_chunk_texts, plan_chunks
 from whisfusion.options import DecodeOptions
 from whisfusion.pdd import Transcript
-from whisfusion.precision import decoding_precision
+from whisfusion.precision import decoding_precision, resolve_dtype
 from whisfusion.scoring.normalizers import unit_for
 
 if TYPE_CHECKING:
@@ -228,7 +228,7 @@ def _decode_batch(
         audio = torch.zeros(len(chunks), int(lengths.max()))
         for row, chunk in enumerate(chunks):
             audio[row, : chunk.audio.numel()] = chunk.audio
-        features, valid = model.encode(audio, lengths)
+        features, valid = model.encode(audio, lengths, resolve_dtype(options.dtype, model.device))
     with times.stage("decode", model.device), decoding_precision(options.dtype, model.device):
         return model.decode_features(
             features,

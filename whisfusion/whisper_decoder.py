@@ -222,7 +222,9 @@ class WhisperDenoiser(nn.Module):
 
     def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., vocab_size) float logits through the tied output layer."""
-        return (hidden @ self.token_embedding.weight.to(hidden.dtype).T).float()
+        # the weight itself, not a transposed view: autocast then casts the 51,865 x D
+        # embedding once per autocast region (it caches casts of leaf tensors), not per step
+        return F.linear(hidden, self.token_embedding.weight).float()
 
     def forward(
         self,

@@ -75,6 +75,12 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
         "this probability, the T steps go to the positions before it (0 = off)",
     )
     p.add_argument(
+        "--commit-threshold",
+        type=float,
+        help="also commit, at each step, every position predicted with at least this "
+        "probability (fewer steps where the model is sure; 0 = off)",
+    )
+    p.add_argument(
         "--temperature",
         type=float,
         help="sampling temperature of candidates 2..K (0 = all greedy)",
@@ -167,6 +173,7 @@ def decode_settings(model, args: argparse.Namespace, command: str):
             remasking=args.remasking,
             blocks=args.blocks,
             eos_threshold=args.eos_threshold,
+            commit_threshold=args.commit_threshold,
             temperature=args.temperature,
             select=args.select,
             batch_size=args.batch_size,

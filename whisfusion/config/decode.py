@@ -30,6 +30,10 @@ class DecodeConfig:
     # padding with at least this probability, and all T steps' budgets go to the positions
     # before it (low_confidence only); 0 = off, the paper's schedule over the whole canvas.
     eos_threshold: float = 0.0
+    # Besides each step's budget, commit every position predicted with at least this
+    # probability (Fast-dLLM's parallel decoding; low_confidence only): fewer denoiser calls
+    # where the model is sure, T stays the most; 0 = off, the paper's fixed budgets.
+    commit_threshold: float = 0.0
     # Gumbel temperature of candidate rows 2..K (row 1 stays greedy); 0 = all greedy.
     temperature: float = 1.0
     # How one candidate is picked: "confidence", "mbr" or "rover".

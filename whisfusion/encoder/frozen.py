@@ -201,11 +201,11 @@ class FrozenWhisperEncoder(nn.Module):
     def output_layer(self) -> int:
         return self._output_layer
 
-    @property
-    def feature_key(self) -> str:
+    def feature_key(self, dtype: torch.dtype) -> str:
         """sha256 of everything that decides the features of a clip: the weights, the window
-        rule and the layer read. Cached features are filed under it."""
-        spec = f"{self.sha256}:{self.window}:{self._trim_samples}:{self.output_layer}"
+        rule, the layer read and the precision `encode` runs in. Cached features are filed
+        under it."""
+        spec = f"{self.sha256}:{self.window}:{self._trim_samples}:{self.output_layer}:{dtype}"
         return hashlib.sha256(spec.encode()).hexdigest()
 
     def _stay_out_of_parent_state_dicts(self) -> None:
@@ -244,13 +244,16 @@ class FrozenWhisperEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(
-        self, audio: torch.Tensor, lengths: torch.Tensor
+        self, audio: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-mel and encoder for a batch of clips.
 
         Args:
             audio: shape (B, S), float 16 kHz waveforms, right-padded.
             lengths: shape (B,), samples of real audio in each row.
+            dtype: the precision the encoder runs in: the model's `decode.dtype`, resolved,
+                in training, validation and inference alike; None = bf16 autocast on CUDA,
+                float32 elsewhere.
 
         Returns:
             features: shape (B, T, width), float32; zeros past each clip's window.
@@ -258,10 +261,10 @@ class FrozenWhisperEncoder(nn.Module):
                 (ceil(length / 320) of them). T is 1500 for window="full", the longest
                 clip's window / 320 for window="trim".
 
-        The encoder sets its own precision, whatever autocast the caller runs under: bf16
-        autocast on CUDA (the log-mel stays float32), float32 elsewhere. Features of the same
-        audio are then the same in training (Lightning's bf16-mixed on a CPU included),
-        validation and inference, and a feature cache never mixes precisions.
+        The encoder sets its precision itself, whatever autocast the caller runs under
+        (Lightning's bf16-mixed included), so features of the same audio are the same wherever
+        they are computed in one precision; cached features are filed by it (`feature_key`).
+        The log-mel stays float32 in every case.
         """
         if audio.ndim != 2 or lengths.shape != (audio.shape[0],):
             raise ValueError(
@@ -273,6 +276,8 @@ class FrozenWhisperEncoder(nn.Module):
                 f"lengths must lie in [0, {audio.shape[1]}] (audio samples), got {lengths.tolist()}"
             )
         device = self.model.conv1.weight.device
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
         # The window plan (shapes) is made where the caller keeps `lengths`: from host lengths
         # it never waits for the device.
         windows = window_samples(lengths.long(), self.window, self._trim_samples)
@@ -286,7 +291,7 @@ class FrozenWhisperEncoder(nn.Module):
             rows = (windows == window).nonzero().squeeze(1).to(device)
             with torch.autocast(device.type, enabled=False):
                 mel = log_mel_spectrogram(pad_or_trim(audio[rows], window), self.n_mels)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                 encoded = self(mel)
             features[rows, : encoded.shape[1]] = encoded.float()
         return features, frame_mask(valid_frames(lengths, windows.to(device)), frames)

@@ -31,7 +31,14 @@ Remasking strategies:
                     length comes first, as in Mask-Predict: the first step commits the tail
                     of the canvas it reads as EOS padding with at least that probability
                     (`eos_tail`), and the budgets of all T steps go to the positions before
-                    it, so the transcript's own tokens get the steps.
+                    it, so the transcript's own tokens get the steps. With `tail_margin` the
+                    canvas is then cut that many positions past the batch's last position
+                    not read as padding (`kept_width`): later steps run on the transcript and
+                    a short tail, as the canvas of a fast speaker's clip has it. With
+                    `commit_threshold` > 0 (Fast-dLLM's parallel decoding) a step commits,
+                    besides its budget, every position it predicts with at least that
+                    probability: easy stretches take one step, and the loop ends as soon as
+                    nothing is masked.
     random          (v1) The input of step s has a share rho_s of each row's free positions
                     masked (exactly round(rho_s * free), drawn uniformly, independently per
                     row; positions still [MASK] stay masked). The model predicts them and the
@@ -61,8 +68,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+import torch.nn.functional as F
 
-from whisfusion.canvas import pad_canvases
+from whisfusion.canvas import kept_width, pad_canvases
 
 if TYPE_CHECKING:
     from whisfusion.config import DecodeConfig
@@ -139,6 +147,7 @@ def options_from_config(cfg: DecodeOptions | DecodeConfig) -> dict[str, Any]:
         temperature=cfg.temperature,
         blocks=cfg.blocks,
         eos_threshold=cfg.eos_threshold,
+        commit_threshold=cfg.commit_threshold,
     )
 
 
@@ -271,19 +280,20 @@ def _check(canvas, valid, mask_id, candidates, steps, remasking, random_schedule
         raise ValueError(f"canvas holds ids above the [MASK] id {mask_id}")
 
 
-def check_order(steps: int, remasking: str, blocks: int, eos_threshold: float) -> None:
+def check_order(
+    steps: int, remasking: str, blocks: int, eos_threshold: float, commit_threshold: float = 0.0
+) -> None:
     """Check the options that order the commits of low_confidence remasking (the messages name
     their `decode.*` keys)."""
     if not 1 <= blocks <= steps:
         raise ValueError(f"decode.blocks must be in [1, decode.steps={steps}], got {blocks}")
     if blocks > 1 and remasking != "low_confidence":
         raise ValueError(f"decode.blocks > 1 needs low_confidence remasking, got '{remasking}'")
-    if not 0.0 <= eos_threshold <= 1.0:
-        raise ValueError(f"decode.eos_threshold must be in [0, 1], got {eos_threshold}")
-    if eos_threshold > 0 and remasking != "low_confidence":
-        raise ValueError(
-            f"decode.eos_threshold > 0 needs low_confidence remasking, got '{remasking}'"
-        )
+    for key, value in (("eos_threshold", eos_threshold), ("commit_threshold", commit_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"decode.{key} must be in [0, 1], got {value}")
+        if value > 0 and remasking != "low_confidence":
+            raise ValueError(f"decode.{key} > 0 needs low_confidence remasking, got '{remasking}'")
 
 
 @torch.no_grad()
@@ -305,6 +315,8 @@ def pdd_decode(
     logit_filters: Sequence[LogitFilter] = (),
     blocks: int = 1,
     eos_threshold: float = 0.0,
+    tail_margin: int | None = None,
+    commit_threshold: float = 0.0,
 ) -> PDDResult:
     """Decode K candidate transcripts per utterance in at most `steps` denoiser calls.
 
@@ -327,9 +339,15 @@ def pdd_decode(
             whole canvas at once).
         eos_threshold: commit the first step's sure EOS tail before the budgets are set
             (low_confidence only; 0 = off).
+        tail_margin: with `eos_threshold`, cut the canvas after the first step to this many
+            positions past the batch's last one not read as padding (`kept_width`); the
+            tokens and confidences returned are padded back to L. None keeps the width (a
+            compiled denoiser's static shapes).
+        commit_threshold: also commit every position predicted with at least this
+            probability at a step (low_confidence only; 0 = off).
     """
     _check(canvas, valid, mask_id, candidates, steps, remasking, random_schedule, temperature)
-    check_order(steps, remasking, blocks, eos_threshold)
+    check_order(steps, remasking, blocks, eos_threshold, commit_threshold)
     n, length = canvas.shape
     valid_rows = valid.repeat_interleave(candidates, dim=0)
     x = torch.where(valid, canvas, eos_id).repeat_interleave(candidates, dim=0)
@@ -344,6 +362,7 @@ def pdd_decode(
     n_free = free.sum(dim=1, keepdim=True).float()
     trajectory: list[torch.Tensor] = []
     steps_run = 0
+    width = length  # positions still decoded; the cut-off rest is committed EOS padding
 
     for s in range(steps):
         masked = x == mask_id  # only free positions are ever [MASK]
@@ -363,7 +382,7 @@ def pdd_decode(
         if logits.shape[:2] != x.shape or logits.shape[-1] > mask_id:
             raise ValueError(
                 f"denoise returned logits {tuple(logits.shape)}; expected "
-                f"({x.shape[0]}, {length}, V) with V <= mask id {mask_id}"
+                f"({x.shape[0]}, {width}, V) with V <= mask id {mask_id}"
             )
         for logit_filter in logit_filters:
             logits = logit_filter.apply(logits, x_in)
@@ -374,18 +393,25 @@ def pdd_decode(
             x_in = torch.where(tail, eos_id, x_in)
             confidence = torch.where(tail, prob, confidence)
             masked = masked & ~tail
+            if tail_margin is not None:
+                width = kept_width(valid_rows & ~tail, tail_margin)
+                x_in, masked, pred, prob = (t[:, :width] for t in (x_in, masked, pred, prob))
             budgets, block = block_budgets(masked, steps, blocks)
             need = masked & (block == 0)
 
         if remasking == "low_confidence":
             score = torch.where(need, prob, -1.0)
-            commit = need & (_rank_desc(score) < budgets[:, s : s + 1])
+            commit = _rank_desc(score) < budgets[:, s : s + 1]
+            if commit_threshold > 0:
+                commit = commit | (prob >= commit_threshold)
+            commit = need & commit
         else:
             commit = masked
         x_new = torch.where(commit, pred, x_in)
-        confidence = torch.where(commit, prob, confidence)
+        confidence[:, :width] = torch.where(commit, prob, confidence[:, :width])
         if return_trajectory:
-            trajectory.append(x_new.view(n, candidates, length).clone())
+            full = F.pad(x_new, (0, length - width), value=eos_id)
+            trajectory.append(full.view(n, candidates, length))
 
         no_mask = not bool((x_new == mask_id).any())
         fixed_point = remasking == "low_confidence" or bool(torch.equal(x_new, x))
@@ -393,6 +419,7 @@ def pdd_decode(
         if no_mask and fixed_point:
             break
 
+    x = F.pad(x, (0, length - width), value=eos_id)
     return PDDResult(
         tokens=x.view(n, candidates, length),
         confidence=confidence.view(n, candidates, length),
