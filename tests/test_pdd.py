@@ -3,7 +3,7 @@ import torch
 
 from whisfusion.config import DecodeConfig
 from whisfusion.pdd import canvas_for, options_from_config, pdd_decode
-from whisfusion.pdd.sampler import block_budgets, eos_tail, gumbel_argmax
+from whisfusion.pdd.sampler import block_budgets, eos_tail, gumbel_argmax, predict
 
 V = 24  # head size; [MASK] = V
 MASK, EOS = V, 1
@@ -311,6 +311,18 @@ def test_early_exit():
         temperature=1.0,
     )
     assert res.steps_run == 3 and torch.equal(res.tokens[:, 0], short)
+
+
+def test_predict_reads_only_where_asked_and_draws_the_same_samples():
+    logits = torch.randn(4, 6, V, generator=torch.Generator().manual_seed(3))
+    sampled = torch.tensor([False, True, False, True])
+    where = torch.rand(4, 6, generator=torch.Generator().manual_seed(4)) < 0.5
+    full = predict(logits, sampled, 1.0, torch.Generator().manual_seed(5))
+    part = predict(logits, sampled, 1.0, torch.Generator().manual_seed(5), where)
+    for whole, some in zip(full, part, strict=True):
+        assert torch.equal(some[where], whole[where])
+        assert not some[~where].any()
+    assert torch.equal(full[0][~sampled], logits[~sampled].argmax(-1))
 
 
 def test_gumbel_argmax_samples_the_tempered_softmax():

@@ -189,22 +189,33 @@ def predict(
     sampled_rows: torch.Tensor,
     temperature: float,
     generator: torch.Generator | None,
+    where: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token and its model probability for every position.
+    """Token and its model probability for every position read.
 
     Args:
         logits: (R, L, V).
         sampled_rows: (R,) bool, rows drawn by Gumbel-max; the others take the argmax.
+        where: (R, L) bool, the positions whose prediction is read, or None for all. Greedy
+            work (argmax, softmax normaliser) is spent there alone: a step reads its
+            still-masked positions, a shrinking part of the canvas. Sampled rows still draw
+            noise over their whole (L, V), so a seed gives the same candidates either way.
     Returns:
         tokens: (R, L) long; prob: (R, L) float32 probability under softmax(logits) (no
-        temperature: the model's own belief in the chosen token).
+        temperature: the model's own belief in the chosen token); both 0 outside `where`.
     """
     logits = logits.float()
-    tokens = logits.argmax(dim=-1)
+    if where is None:
+        where = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
+    picked = logits[where]  # (P, V)
+    tokens = torch.zeros(where.shape, dtype=torch.long, device=logits.device)
+    tokens[where] = picked.argmax(dim=-1)
     if temperature > 0 and bool(sampled_rows.any()):
-        tokens[sampled_rows] = gumbel_argmax(logits[sampled_rows], temperature, generator)
-    log_z = torch.logsumexp(logits, dim=-1)
-    prob = (logits.gather(-1, tokens[..., None])[..., 0] - log_z).exp()
+        drawn = gumbel_argmax(logits[sampled_rows], temperature, generator)
+        tokens[sampled_rows] = torch.where(where[sampled_rows], drawn, 0)
+    chosen = tokens[where]
+    prob = torch.zeros(where.shape, dtype=torch.float32, device=logits.device)
+    prob[where] = (picked.gather(-1, chosen[:, None])[:, 0] - torch.logsumexp(picked, -1)).exp()
     return tokens, prob
 
 
@@ -386,7 +397,7 @@ def pdd_decode(
             )
         for logit_filter in logit_filters:
             logits = logit_filter.apply(logits, x_in)
-        pred, prob = predict(logits, sampled_rows, temperature, gen)
+        pred, prob = predict(logits, sampled_rows, temperature, gen, need)
         steps_run += 1
         if length_first:
             tail = eos_tail(pred, prob, masked, eos_id, eos_threshold)
