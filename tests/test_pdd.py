@@ -317,7 +317,8 @@ def test_predict_reads_only_where_asked_and_draws_the_same_samples():
     logits = torch.randn(4, 6, V, generator=torch.Generator().manual_seed(3))
     sampled = torch.tensor([False, True, False, True])
     where = torch.rand(4, 6, generator=torch.Generator().manual_seed(4)) < 0.5
-    full = predict(logits, sampled, 1.0, torch.Generator().manual_seed(5))
+    everywhere = torch.ones(4, 6, dtype=torch.bool)
+    full = predict(logits, sampled, 1.0, torch.Generator().manual_seed(5), everywhere)
     part = predict(logits, sampled, 1.0, torch.Generator().manual_seed(5), where)
     for whole, some in zip(full, part, strict=True):
         assert torch.equal(some[where], whole[where])

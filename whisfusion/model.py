@@ -91,7 +91,7 @@ class Whisfusion(nn.Module):
         self, audio: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """audio (B, S) 16 kHz, lengths (B,) -> features (B, T, E), valid (B, T) bool; `dtype`
-        the encoder's precision (None: the encoder's own, as in training)."""
+        the encoder's precision (None: what `decode.dtype` "auto" means on its device)."""
         return self.encoder.encode(audio, lengths, dtype)
 
     def cross_cache(self, features: torch.Tensor, valid: torch.Tensor, reading=None):

@@ -24,6 +24,7 @@ from whisfusion.encoder.windows import (
     valid_frames,
     window_samples,
 )
+from whisfusion.precision import resolve_dtype
 
 if TYPE_CHECKING:
     from whisfusion.config import EncoderConfig
@@ -252,8 +253,8 @@ class FrozenWhisperEncoder(nn.Module):
             audio: shape (B, S), float 16 kHz waveforms, right-padded.
             lengths: shape (B,), samples of real audio in each row.
             dtype: the precision the encoder runs in: the model's `decode.dtype`, resolved,
-                in training, validation and inference alike; None = bf16 autocast on CUDA,
-                float32 elsewhere.
+                in training, validation and inference alike; None = what "auto" means on the
+                encoder's device (`whisfusion.precision.resolve_dtype`).
 
         Returns:
             features: shape (B, T, width), float32; zeros past each clip's window.
@@ -277,7 +278,7 @@ class FrozenWhisperEncoder(nn.Module):
             )
         device = self.model.conv1.weight.device
         if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+            dtype = resolve_dtype("auto", device)
         # The window plan (shapes) is made where the caller keeps `lengths`: from host lengths
         # it never waits for the device.
         windows = window_samples(lengths.long(), self.window, self._trim_samples)

@@ -189,24 +189,22 @@ def predict(
     sampled_rows: torch.Tensor,
     temperature: float,
     generator: torch.Generator | None,
-    where: torch.Tensor | None = None,
+    where: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token and its model probability for every position read.
+    """Token and its model probability at the positions read.
 
     Args:
         logits: (R, L, V).
         sampled_rows: (R,) bool, rows drawn by Gumbel-max; the others take the argmax.
-        where: (R, L) bool, the positions whose prediction is read, or None for all. Greedy
-            work (argmax, softmax normaliser) is spent there alone: a step reads its
-            still-masked positions, a shrinking part of the canvas. Sampled rows still draw
+        where: (R, L) bool, the positions whose prediction is read. Greedy work (argmax,
+            softmax normaliser) is spent there alone: a step reads its still-masked
+            positions, a shrinking part of the canvas. Sampled rows still draw
             noise over their whole (L, V), so a seed gives the same candidates either way.
     Returns:
         tokens: (R, L) long; prob: (R, L) float32 probability under softmax(logits) (no
         temperature: the model's own belief in the chosen token); both 0 outside `where`.
     """
     logits = logits.float()
-    if where is None:
-        where = torch.ones(logits.shape[:2], dtype=torch.bool, device=logits.device)
     picked = logits[where]  # (P, V)
     tokens = torch.zeros(where.shape, dtype=torch.long, device=logits.device)
     tokens[where] = picked.argmax(dim=-1)
@@ -292,7 +290,7 @@ def _check(canvas, valid, mask_id, candidates, steps, remasking, random_schedule
 
 
 def check_order(
-    steps: int, remasking: str, blocks: int, eos_threshold: float, commit_threshold: float = 0.0
+    steps: int, remasking: str, blocks: int, eos_threshold: float, commit_threshold: float
 ) -> None:
     """Check the options that order the commits of low_confidence remasking (the messages name
     their `decode.*` keys)."""
