@@ -88,6 +88,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "default demo model; cuda: large)",
     )
     p.add_argument(
+        "--e2e-override",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config overrides of the timed whisfusion pipeline, over --e2e-config's or the "
+        "checkpoint's (e.g. decode.int8=true decode.steps=8)",
+    )
+    p.add_argument(
         "--e2e-checkpoint",
         metavar="CKPT",
         help="a trained checkpoint whose pipeline the end-to-end comparison times instead of "
@@ -107,6 +115,7 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
         max_time_s=args.max_time_s,
         e2e_config=args.e2e_config,
         e2e_checkpoint=args.e2e_checkpoint,
+        e2e_overrides=(*profile.e2e_overrides, *args.e2e_override) or None,
     )
 
 

@@ -36,7 +36,7 @@ from bench.machine import load_average
 from bench.profiles import EncoderShape
 from whisfusion.audio import SAMPLE_RATE
 from whisfusion.checkpoint import load_model
-from whisfusion.config import load_config
+from whisfusion.config import load_config, with_overrides
 from whisfusion.decoders import build_tokenizer
 from whisfusion.encoder import FrozenWhisperEncoder, build_encoder
 from whisfusion.model import Whisfusion
@@ -253,6 +253,8 @@ def run_e2e(
     clips, source = e2e_clips(clips_seconds)
     if profile.e2e_checkpoint:
         model = load_model(profile.e2e_checkpoint, map_location=device)
+        # decoding settings, e.g. decode.int8=true, over the checkpoint's own
+        model.cfg = with_overrides(model.cfg, [*profile.e2e_overrides, *config_overrides])
         decoder = f"the trained decoder of {profile.e2e_checkpoint}"
     else:
         model = build_whisfusion(
@@ -294,6 +296,7 @@ def run_e2e(
             "candidates": decode.candidates,
             "select": decode.select,
             "dtype": decode.dtype,
+            "int8": decode.int8,
         },
         "encoder": model.encoder.source,
         "decoder": decoder,

@@ -277,7 +277,8 @@ def render_e2e_markdown(result: dict) -> str:
         f"pipeline (encoder {e2e['encoder']}, "
         f"{e2e.get('decoder', 'random decoder weights')}), T = {decode['steps']}, "
         f"K = {decode['candidates']}, "
-        f"{decode['select']} selection, decode.dtype {decode['dtype']}, with selection and "
+        f"{decode['select']} selection, decode.dtype {decode['dtype']}"
+        f"{' with int8 decoder weights' if decode.get('int8') else ''}, with selection and "
         "detokenizing. Encoder: the log-mel and encoder seconds inside whisfusion's run (the "
         "floor). Each row is one timed pass over every clip after an untimed one.",
         "",

@@ -10,7 +10,7 @@ from whisfusion.decoders import diffusion_decoder
 from whisfusion.model import Whisfusion
 from whisfusion.options import DecodeOptions
 from whisfusion.pdd import canvas_for, compiled, options_from_config, pdd_decode
-from whisfusion.pdd.buckets import bucket_length, pad_to_bucket, trim_frames
+from whisfusion.pdd.buckets import bucket_length, length_groups, pad_to_bucket, trim_frames
 from whisfusion.tokenizer import train_tokenizer
 
 V, E = 40, 32
@@ -111,6 +111,46 @@ def test_model_decodes_the_same_with_bucketed_canvases_and_trimmed_frames(tiny_m
     assert _transcripts(tiny_model, compile=True, canvas_buckets=[48], **greedy) == eager
     # a 48-wide canvas; 50 Hz frames of the 1 s clip (the trim window), a multiple of 100
     assert set(seen) == {(48, compiled.FRAME_MULTIPLE)}
+
+
+def test_length_groups_bound_the_padding_of_each_group():
+    lengths = [16, 200, 24, 192, 16, 100]
+    groups = length_groups(lengths, 0.25)
+    assert groups == [[1, 3], [5], [2], [0, 4]]
+    for group in groups:
+        width = max(lengths[i] for i in group)
+        assert all(width - lengths[i] <= 0.25 * width for i in group)
+    assert length_groups(lengths, 1.0) == [[1, 3, 5, 2, 0, 4]]
+    assert length_groups(lengths, 0.0) == [[1], [3], [5], [2], [0, 4]]
+
+
+def test_a_mixed_batch_decodes_in_groups_the_same_greedy_transcripts(tiny_model, monkeypatch):
+    widths = []
+    decode = tiny_model.decoder.forward
+
+    def spy(tokens, cache, *args):
+        widths.append(tokens.shape[0])
+        return decode(tokens, cache, *args)
+
+    monkeypatch.setattr(tiny_model.decoder, "forward", spy)
+    audio = torch.randn(3, 64000, generator=torch.Generator().manual_seed(5)) * 0.1
+    lengths = torch.tensor([64000, 8000, 60000])
+    features, valid = tiny_model.encode(audio, lengths)
+    durations = (lengths / 16000).tolist()
+
+    def run(max_padding):
+        widths.clear()
+        options = DecodeOptions.from_config(
+            tiny_model.cfg.decode, candidates=1, max_padding=max_padding
+        )
+        out = tiny_model.decode_features(features, valid, durations, ["en", "de", "en"], options)
+        return [(t.text, t.language) for t in out], list(widths)
+
+    together, rows_together = run(1.0)
+    grouped, rows_grouped = run(0.25)
+    assert grouped == together
+    assert set(rows_together) == {3}
+    assert set(rows_grouped) == {2, 1}  # the 4 s and 3.75 s clips, then the 0.5 s one
 
 
 @pytest.mark.slow

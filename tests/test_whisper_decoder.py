@@ -14,7 +14,7 @@ from tests.whisper_fixtures import (
     serialize_ct2,
     tiny_whisper_config,
 )
-from whisfusion.whisper_decoder import WhisperPrompt
+from whisfusion.whisper_decoder import WhisperPrompt, annealed_causal_mask
 from whisfusion.whisper_weights import load_whisper_decoder
 
 # tiny_whisper_config's vocabulary of 96: 3 = decoder start, specials above 80
@@ -180,3 +180,35 @@ def test_where_computes_the_same_logits_at_the_asked_positions_only(tiny):
         full, part = ours(tokens, cache), ours(tokens, cache, None, where)
     assert torch.allclose(part[where], full[where], atol=1e-5)
     assert bool((part[~where] == 0).all())
+
+
+def test_annealed_mask_opens_from_causal_to_bidirectional():
+    torch.manual_seed(0)
+    left = torch.ones(40, 40, dtype=torch.bool).tril()
+    assert torch.equal(annealed_causal_mask(40, 0.0), left)
+    half = annealed_causal_mask(40, 0.5)
+    assert half[left].all()  # the left context is always seen
+    future = half[~left].float().mean().item()
+    assert 0.4 < future < 0.6
+    assert annealed_causal_mask(40, 1.0).all()
+
+
+def test_future_share_masks_later_positions_in_training_only(tiny):
+    """At share 0 a training forward is Whisper's causal reading; eval stays bidirectional."""
+    model, ours = tiny
+    feats = features(model, batch=1)
+    cache = ours.cross_cache(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
+    ids = torch.randint(0, 80, (1, 9), generator=torch.Generator().manual_seed(4))
+    try:
+        ours.future_share = 0.0
+        with torch.no_grad():
+            ours.train()
+            annealed = ours.hidden(ids, cache)
+            ours.eval()
+            causal = ours.hidden(ids, cache, causal=True)
+            bidirectional = ours.hidden(ids, cache)
+    finally:
+        ours.future_share = 1.0
+        ours.eval()
+    assert torch.allclose(annealed, causal, atol=1e-5)
+    assert not torch.allclose(bidirectional[:, :-1], causal[:, :-1], atol=1e-3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,8 +13,9 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
 from transformers import WhisperForConditionalGeneration
 
-from tests.model_fixtures import CONFIGS, save_checkpoint
+from tests.model_fixtures import CONFIGS, save_checkpoint, tiny_model
 from tests.whisper_fixtures import tiny_whisper_config
+from whisfusion.callbacks.attention_anneal import AttentionAnneal
 from whisfusion.canvas import r_max_rule
 from whisfusion.config import load_config
 from whisfusion.decoders import build_tokenizer
@@ -125,6 +127,39 @@ def test_checkpoint_rebuilds_and_decodes_with_pdd(weights_dir, tmp_path):
     out = again.decode_features(feats, valid, [1.0, 0.5], ["en", None])
     assert len(out) == 2 and out[0].language == "en"
     assert all(isinstance(t.text, str) for t in out)
+
+
+def test_freeze_keeps_the_named_parameters_as_loaded(weights_dir):
+    patterns = "[blocks.*.cross_attn.key.*,blocks.*.cross_attn.value.*]"
+    model = whisper_model(weights_dir, [f"model.decoder.freeze={patterns}"])
+    frozen = {n for n, p in model.decoder.named_parameters() if not p.requires_grad}
+    names = dict(model.decoder.named_parameters())
+    assert frozen == {n for n in names if ".cross_attn.key." in n or ".cross_attn.value." in n}
+    assert "blocks.0.cross_attn.query.weight" not in frozen
+    assert all(p.requires_grad for p in whisper_model(weights_dir).decoder.parameters())
+    with pytest.raises(ValueError, match="blocks.*.cross_atn"):
+        whisper_model(weights_dir, ["model.decoder.freeze=[blocks.*.cross_atn.*]"])
+
+
+def test_attention_anneal_raises_the_share_with_the_step():
+    decoder = SimpleNamespace(future_share=1.0)
+    module = SimpleNamespace(model=SimpleNamespace(decoder=decoder))
+    anneal = AttentionAnneal(100, max_steps=500)
+    for step, share in [(0, 0.0), (25, 0.25), (100, 1.0), (400, 1.0)]:
+        anneal.on_train_batch_start(SimpleNamespace(global_step=step), module, None, 0)
+        assert decoder.future_share == share
+    short = AttentionAnneal(600, max_steps=300)  # a short run anneals over all of it
+    short.on_train_batch_start(SimpleNamespace(global_step=150), module, None, 0)
+    assert decoder.future_share == 0.5
+    with pytest.raises(ValueError, match="positive"):
+        AttentionAnneal(0, max_steps=300)
+
+
+def test_annealing_is_refused_for_the_papers_decoder():
+    with pytest.raises(ValueError, match="kind whisper"):
+        tiny_model(["model.decoder.attention_anneal_steps=10"])
+    frozen = tiny_model(["model.decoder.freeze=[head.*]"]).decoder
+    assert not frozen.head.weight.requires_grad and frozen.embed.weight.requires_grad
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Sequence
+
+from torch import nn
+
 from whisfusion.config import DecoderConfig, RunConfig
 from whisfusion.decoder import DiffusionDecoder
 from whisfusion.denoiser import Denoiser
@@ -27,12 +32,38 @@ def build_decoder(
         ValueError: an unknown kind, or settings that do not fit it.
     """
     if cfg.kind == "diffusion":
-        return diffusion_decoder(cfg, tokenizer.vocab_size, encoder.width, max_len)
-    if cfg.kind == "whisper":
-        return build_whisper_decoder(cfg, tokenizer, encoder, max_len)
-    raise ValueError(
-        f"model.decoder.kind must be one of {', '.join(DECODER_KINDS)}; got '{cfg.kind}'"
-    )
+        if cfg.attention_anneal_steps:
+            raise ValueError(
+                "model.decoder.attention_anneal_steps adapts Whisper's causal decoder: it needs "
+                "model.decoder.kind whisper"
+            )
+        decoder = diffusion_decoder(cfg, tokenizer.vocab_size, encoder.width, max_len)
+    elif cfg.kind == "whisper":
+        decoder = build_whisper_decoder(cfg, tokenizer, encoder, max_len)
+    else:
+        raise ValueError(
+            f"model.decoder.kind must be one of {', '.join(DECODER_KINDS)}; got '{cfg.kind}'"
+        )
+    return freeze_parameters(decoder, cfg.freeze)
+
+
+def freeze_parameters(module: nn.Module, patterns: Sequence[str]) -> nn.Module:
+    """`module` with the parameters whose names match any of `patterns` (fnmatch) frozen.
+
+    Raises:
+        ValueError: a pattern that matches no parameter (a typo would freeze nothing).
+    """
+    names = [name for name, _ in module.named_parameters()]
+    for pattern in patterns:
+        if not fnmatch.filter(names, pattern):
+            raise ValueError(
+                f"model.decoder.freeze: '{pattern}' matches no decoder parameter "
+                f"(names look like '{names[-1]}')"
+            )
+    for name, param in module.named_parameters():
+        if any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            param.requires_grad_(False)
+    return module
 
 
 def build_tokenizer(cfg: RunConfig, encoder: FrozenWhisperEncoder) -> Tokenizer | WhisperTokenizer:

@@ -22,9 +22,10 @@ from whisfusion.encoder import FrozenWhisperEncoder, build_encoder
 from whisfusion.language_vocab import LanguageFilter, LanguageVocabulary
 from whisfusion.options import DecodeOptions
 from whisfusion.pdd import Transcript, canvas_for, decode_result, options_from_config, pdd_decode
-from whisfusion.pdd.buckets import pad_to_bucket, trim_frames
+from whisfusion.pdd.buckets import length_groups, pad_to_bucket, trim_frames
 from whisfusion.pdd.compiled import FRAME_MULTIPLE, denoiser
 from whisfusion.prior import AlignmentPrior, HeadReading
+from whisfusion.quantize import int8_decoder
 from whisfusion.tokenizer import Tokenizer
 from whisfusion.transcribe import transcribe_audio
 
@@ -187,6 +188,18 @@ class Whisfusion(nn.Module):
         if generator is None:
             generator = torch.Generator().manual_seed(options.seed)
         lengths = [canvas_length(float(d), self.cfg.model.canvas) for d in durations]
+        groups = length_groups(lengths, options.max_padding)
+        if len(groups) > 1:
+            return self._decode_groups(
+                groups,
+                features,
+                valid,
+                durations,
+                languages,
+                options,
+                generator,
+                return_trajectory,
+            )
         lang_ids = None
         if languages is not None:
             lang_ids = [
@@ -202,7 +215,10 @@ class Whisfusion(nn.Module):
         canvas, canvas_valid = canvas.to(self.device), canvas_valid.to(self.device)
         row_valid = canvas_valid.repeat_interleave(options.candidates, dim=0)
         features, valid = trim_frames(features, valid, FRAME_MULTIPLE if options.compile else 1)
-        step = denoiser(self.decoder, options.compile)
+        # int8 kernels are the CPU's; a GPU decodes in `dtype`
+        int8 = options.int8 and self.device.type == "cpu"
+        decoder = int8_decoder(self.decoder) if int8 else self.decoder
+        step = denoiser(decoder, options.compile)
         # a compiled step keeps one output shape: it computes every position's logits
         result = pdd_decode(
             lambda tokens, cache, where: step(
@@ -221,6 +237,28 @@ class Whisfusion(nn.Module):
             **options_from_config(options),
         )
         return decode_result(result, self.tokenizer, options.select, languages)
+
+    def _decode_groups(
+        self, groups, features, valid, durations, languages, options, generator, trajectory
+    ) -> list[Transcript]:
+        """`decode_features` on each group of utterances (indices into the batch) in turn, the
+        transcripts back in batch order."""
+        out: list[Transcript | None] = [None] * len(durations)
+        whole = options.replace(max_padding=1.0)
+        for group in groups:
+            rows = torch.tensor(group, device=features.device)
+            part = self.decode_features(
+                features[rows],
+                valid[rows],
+                [durations[i] for i in group],
+                None if languages is None else [languages[i] for i in group],
+                whole,
+                generator,
+                trajectory,
+            )
+            for i, transcript in zip(group, part, strict=True):
+                out[i] = transcript
+        return out
 
     @torch.no_grad()
     def read_ctc(

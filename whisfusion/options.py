@@ -36,8 +36,10 @@ class DecodeOptions:
     seed: int
     batch_size: int
     dtype: str
+    int8: bool
     compile: bool
     canvas_buckets: tuple[int, ...]
+    max_padding: float
 
     @classmethod
     def from_config(cls, cfg: DecodeConfig, **overrides) -> DecodeOptions:
@@ -74,12 +76,14 @@ class DecodeOptions:
         for key in ("steps", "candidates", "batch_size"):
             if getattr(self, key) < 1:
                 raise ValueError(f"decode {key} must be >= 1, got {getattr(self, key)}")
-        for key in ("temperature", "blank_penalty", "language_vocab_min_count"):
+        for key in ("temperature", "blank_penalty", "language_vocab_min_count", "max_padding"):
             if getattr(self, key) < 0:
                 raise ValueError(f"decode.{key} must be >= 0, got {getattr(self, key)}")
         check_order(
             self.steps, self.remasking, self.blocks, self.eos_threshold, self.commit_threshold
         )
+        if self.int8 and self.compile:
+            raise ValueError("decode.int8 and decode.compile do not combine: choose one")
         if not self.random_schedule or any(not 0.0 <= r <= 1.0 for r in self.random_schedule):
             raise ValueError(
                 f"decode.random_schedule needs shares in [0, 1], got {list(self.random_schedule)}"

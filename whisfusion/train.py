@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, TQ
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.strategies import DDPStrategy
 
+from whisfusion.callbacks.attention_anneal import AttentionAnneal
 from whisfusion.callbacks.data_stats import DataStatsLogger
 from whisfusion.callbacks.ema import EMA
 from whisfusion.callbacks.preemption import StopOnSignal, TrainingStopped
@@ -179,6 +180,10 @@ def run_training(cfg: RunConfig) -> Path:
             workers=cfg.data.num_workers,
         ),
     ]
+    if cfg.model.decoder.attention_anneal_steps:
+        callbacks.append(
+            AttentionAnneal(cfg.model.decoder.attention_anneal_steps, cfg.trainer.max_steps)
+        )
     if cfg.trainer.ema_decay > 0:
         callbacks.append(EMA(cfg.trainer.ema_decay))
     # after EMA: a stop checkpoint must hold this step's average

@@ -35,6 +35,7 @@ from torch import nn
 
 from whisfusion.denoiser import check_canvas, logits_where
 from whisfusion.encoder.model import MultiHeadSelfAttention
+from whisfusion.quantize import Int8Linear
 
 # Whisper's own LayerNorm epsilon (openai-whisper and transformers).
 LAYER_NORM_EPS = 1e-5
@@ -118,6 +119,16 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_ln(x))
 
 
+def annealed_causal_mask(length: int, share: float, device=None) -> torch.Tensor:
+    """(L, L) bool self-attention mask, True = attend: each position sees itself and every
+    earlier one, and each later one with probability `share` (0: Whisper's causal mask, 1:
+    bidirectional). Drawn from torch's global generator, which training seeds per step."""
+    if share >= 1:
+        return torch.ones(length, length, dtype=torch.bool, device=device)
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    return causal | (torch.rand(length, length, device=device) < share)
+
+
 class WhisperDenoiser(nn.Module):
     """Masked-diffusion denoiser p(x_0 | x_t, audio) with Whisper's decoder inside.
 
@@ -136,6 +147,11 @@ class WhisperDenoiser(nn.Module):
         self.positional_embedding = nn.Parameter(torch.zeros(dims.n_ctx, dims.width))
         self.blocks = nn.ModuleList(Block(dims) for _ in range(dims.layers))
         self.ln = nn.LayerNorm(dims.width, eps=LAYER_NORM_EPS)
+        # share of later positions self-attention sees in training (`annealed_causal_mask`;
+        # whisfusion.callbacks.attention_anneal raises it to 1); eval is always bidirectional
+        self.future_share = 1.0
+        # the output layer of an int8 copy (`int8_output`); None: the tied float embedding
+        self.int8_head = None
 
     @property
     def mask_id(self) -> int:
@@ -194,6 +210,9 @@ class WhisperDenoiser(nn.Module):
         x = torch.where(is_mask[..., None], self.mask_embed.to(x.dtype), x)
         x = x + self.positional_embedding[:length].to(x.dtype)
         self_mask = None if valid is None or causal else valid[:, None, None, :]
+        if self.training and self.future_share < 1 and not causal:
+            opened = annealed_causal_mask(length, self.future_share, ids.device)
+            self_mask = opened if self_mask is None else self_mask & opened
         key_mask = cache.key_valid[:, None, None, :]
         for blk, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
             x = blk(x, self_mask, k, v, key_mask, causal)
@@ -222,9 +241,16 @@ class WhisperDenoiser(nn.Module):
 
     def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., vocab_size) float logits through the tied output layer."""
+        if self.int8_head is not None:
+            return self.int8_head(hidden)
         # the weight itself, not a transposed view: autocast then casts the 51,865 x D
         # embedding once per autocast region (it caches casts of leaf tensors), not per step
         return F.linear(hidden, self.token_embedding.weight).float()
+
+    def int8_output(self) -> None:
+        """Give this (inference) copy an int8 output layer (`whisfusion.quantize`): the tied
+        embedding is not an `nn.Linear`, so `quantize_linears` does not reach it."""
+        self.int8_head = Int8Linear(self.token_embedding.weight)
 
     def forward(
         self,

@@ -243,7 +243,8 @@ def timed_transcription(
         "encoder_rtfx": audio_s / encoder_s if encoder_s > 0 else None,
         "stage_seconds": times.seconds,
         "warmup_utterances": len(warmup),
-        "dtype": str(resolve_dtype(decode.dtype, model.device)).removeprefix("torch."),
+        "dtype": str(resolve_dtype(decode.dtype, model.device)).removeprefix("torch.")
+        + (", int8 decoder weights" if decode.int8 and model.device.type == "cpu" else ""),
     }
     return results, speed
 

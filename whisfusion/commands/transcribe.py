@@ -87,12 +87,24 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--select", choices=METHODS, help="how one candidate is picked")
     p.add_argument("--batch-size", type=int, help="utterances or chunks per decoding batch")
+    p.add_argument(
+        "--max-padding",
+        type=float,
+        help="decode a batch in groups whose canvases are padded by at most this share "
+        "(0: equal lengths only, best on a CPU; 1: the whole batch at once)",
+    )
     p.add_argument("--seed", type=int, help="seed of the sampling noise")
     p.add_argument(
         "--dtype",
         choices=DECODE_DTYPES,
         help="decoding precision (default: the checkpoint's decode.dtype; auto = bfloat16 on "
         "CUDA, float32 on the CPU)",
+    )
+    p.add_argument(
+        "--int8",
+        action=argparse.BooleanOptionalAction,
+        help="the decoder's linear layers in int8 on the CPU, as faster-whisper's int8 "
+        "(default: the checkpoint's decode.int8; a GPU ignores it)",
     )
     p.add_argument(
         "--align-weight",
@@ -179,6 +191,8 @@ def decode_settings(model, args: argparse.Namespace, command: str):
             batch_size=args.batch_size,
             seed=args.seed,
             dtype=args.dtype,
+            int8=args.int8,
+            max_padding=args.max_padding,
             align_weight=args.align_weight,
             language_vocab_min_count=args.language_vocab_min_count,
             blank_penalty=args.blank_penalty,

@@ -19,6 +19,7 @@ from whisfusion.config.loader import (
     config_to_dict,
     config_to_yaml,
     load_config,
+    with_overrides,
 )
 from whisfusion.config.model import (
     CanvasConfig,
@@ -59,4 +60,5 @@ __all__ = [
     "config_to_dict",
     "config_to_yaml",
     "load_config",
+    "with_overrides",
 ]

@@ -59,6 +59,9 @@ class DecodeConfig:
     # bench): "auto" = bfloat16 autocast on CUDA, float32 on the CPU (bf16 autocast measured
     # slower there at batch 1; see whisfusion.precision), or "float32" / "bfloat16" / "float16".
     dtype: str = "auto"
+    # On the CPU: the decoder's linear layers with int8 weights and dynamic int8 matmuls (as
+    # faster-whisper's int8), the rest in `dtype` (whisfusion.quantize); a GPU ignores it.
+    int8: bool = False
     # Compile the per-step denoiser call (torch.compile; CUDA graphs on CUDA, see
     # whisfusion.pdd.compiled). Off by default: each new shape costs a compilation (seconds
     # on a GPU, a minute on a small CPU) that only long runs earn back.
@@ -67,6 +70,11 @@ class DecodeConfig:
     # (model.canvas.max_len above the largest), so few shapes are compiled: padded positions
     # cost decoder work, which eager decoding does not spend (it pads to the batch's longest).
     canvas_buckets: list[int] = field(default_factory=lambda: [64, 128, 256])
+    # A decoding batch runs as groups of similar canvas lengths, each canvas padded by at most
+    # this share of its group's longest (whisfusion.pdd.buckets.length_groups): a 2 s clip
+    # beside a 30 s one otherwise runs every step at the 30 s canvas. 1 = the whole batch in
+    # one PDD call, for a GPU, whose throughput comes from wide calls; the CPU demo sets 0.
+    max_padding: float = 1.0
 
 
 @dataclass

@@ -123,6 +123,17 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()):
     cfg = OmegaConf.structured(_schema())
     if path is not None:
         cfg = _merge_file(cfg, Path(path), ())
+    return with_overrides(cfg, overrides)
+
+
+def with_overrides(cfg, overrides: Sequence[str]):
+    """A `RunConfig` (or its OmegaConf form) with `key=value` overrides applied, as a new
+    `RunConfig`.
+
+    Raises:
+        ConfigError: an override not of the form key=value, an unknown key, a wrong type.
+    """
+    cfg = OmegaConf.structured(cfg)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' is not of the form key=value")

@@ -43,6 +43,14 @@ class DecoderConfig:
     # to masked denoising (whisfusion.whisper_decoder; it ignores the shape keys below and reads
     # the encoder's last block).
     kind: str = "diffusion"
+    # kind whisper: optimizer steps over which self-attention opens from Whisper's causal mask
+    # to the bidirectional one PDD reads (DiffuLLaMA's annealing): at step s each later position
+    # is visible with probability s / steps. 0 = bidirectional from the first step.
+    attention_anneal_steps: int = 0
+    # Parameters kept as built or loaded, by name pattern (fnmatch, as in ESPnet's
+    # freeze_param), e.g. "blocks.*.cross_attn.key.*": a pretrained decoder keeps part of
+    # what it learned, and frozen weights cost no gradient. [] = train everything.
+    freeze: list[str] = field(default_factory=list)
     # Transformer blocks (self-attention, cross-attention, SwiGLU MLP).
     layers: int = 2
     # Residual stream width d.

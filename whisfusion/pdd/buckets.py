@@ -44,6 +44,20 @@ def pad_to_bucket(
     )
 
 
+def length_groups(lengths: Sequence[int], max_padding: float) -> list[list[int]]:
+    """Indices of a batch's canvases in groups of similar length, longest first: each canvas
+    of a group is padded by at most `max_padding` of the group's longest canvas (its width).
+    max_padding >= 1: one group."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and lengths[groups[-1][0]] - lengths[i] <= max_padding * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def trim_frames(
     features: torch.Tensor, valid: torch.Tensor, multiple: int = 1
 ) -> tuple[torch.Tensor, torch.Tensor]:
