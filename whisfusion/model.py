@@ -25,7 +25,7 @@ from whisfusion.pdd import Transcript, canvas_for, decode_result, options_from_c
 from whisfusion.pdd.buckets import length_groups, pad_to_bucket, trim_frames
 from whisfusion.pdd.compiled import FRAME_MULTIPLE, denoiser
 from whisfusion.prior import AlignmentPrior, HeadReading
-from whisfusion.quantize import int8_decoder
+from whisfusion.quantize import int8_decoder, uses_int8
 from whisfusion.tokenizer import Tokenizer
 from whisfusion.transcribe import transcribe_audio
 
@@ -179,17 +179,11 @@ class Whisfusion(nn.Module):
         options = options or DecodeOptions.from_config(self.cfg.decode)
         self.check_options(options)
         features, valid = features.to(self.device), valid.to(self.device)
-        allowed = self.allowed_tokens(languages, options.language_vocab_min_count)
-        reading = None
-        if self.prior is not None:
-            reading = HeadReading(allowed, options.blank_penalty, options.align_weight)
-        if options.method == "ctc":
-            return self.read_ctc(features, valid, languages, reading)
         if generator is None:
             generator = torch.Generator().manual_seed(options.seed)
         lengths = [canvas_length(float(d), self.cfg.model.canvas) for d in durations]
         groups = length_groups(lengths, options.max_padding)
-        if len(groups) > 1:
+        if options.method != "ctc" and len(groups) > 1:
             return self._decode_groups(
                 groups,
                 features,
@@ -200,6 +194,12 @@ class Whisfusion(nn.Module):
                 generator,
                 return_trajectory,
             )
+        allowed = self.allowed_tokens(languages, options.language_vocab_min_count)
+        reading = None
+        if self.prior is not None:
+            reading = HeadReading(allowed, options.blank_penalty, options.align_weight)
+        if options.method == "ctc":
+            return self.read_ctc(features, valid, languages, reading)
         lang_ids = None
         if languages is not None:
             lang_ids = [
@@ -215,8 +215,7 @@ class Whisfusion(nn.Module):
         canvas, canvas_valid = canvas.to(self.device), canvas_valid.to(self.device)
         row_valid = canvas_valid.repeat_interleave(options.candidates, dim=0)
         features, valid = trim_frames(features, valid, FRAME_MULTIPLE if options.compile else 1)
-        # int8 kernels are the CPU's; a GPU decodes in `dtype`
-        int8 = options.int8 and self.device.type == "cpu"
+        int8 = uses_int8(options.int8, self.device)
         decoder = int8_decoder(self.decoder) if int8 else self.decoder
         step = denoiser(decoder, options.compile)
         # a compiled step keeps one output shape: it computes every position's logits

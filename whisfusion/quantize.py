@@ -41,6 +41,12 @@ class Int8Linear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
 
+def uses_int8(int8: bool, device: torch.device) -> bool:
+    """Whether `decode.int8` applies on `device`: the int8 kernels are the CPU's, a GPU
+    decodes in `decode.dtype`."""
+    return int8 and device.type == "cpu"
+
+
 def quantize_linears(module: nn.Module) -> nn.Module:
     """`module` with every `nn.Linear` inside replaced by an `Int8Linear` (in place)."""
     for name, child in module.named_children():

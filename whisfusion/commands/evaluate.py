@@ -45,6 +45,7 @@ from whisfusion.data.shards import AUDIO_KEY, META_KEY, decode_sample, iter_shar
 from whisfusion.data.stats import BadSample
 from whisfusion.options import DecodeOptions
 from whisfusion.precision import resolve_dtype
+from whisfusion.quantize import uses_int8
 from whisfusion.scoring import Report, cer_line, score_in_both_units
 from whisfusion.scoring.normalizers import base_language
 from whisfusion.transcribe import (
@@ -244,7 +245,7 @@ def timed_transcription(
         "stage_seconds": times.seconds,
         "warmup_utterances": len(warmup),
         "dtype": str(resolve_dtype(decode.dtype, model.device)).removeprefix("torch.")
-        + (", int8 decoder weights" if decode.int8 and model.device.type == "cpu" else ""),
+        + (", int8 decoder weights" if uses_int8(decode.int8, model.device) else ""),
     }
     return results, speed
 
