@@ -86,16 +86,18 @@ def test_decoder_blocks_tokens_outside_the_utterances_language_on_every_candidat
     feats, valid = torch.randn(2, 12, model.encoder.width), torch.ones(2, 12, dtype=torch.bool)
     k, length = 3, 10
     tokens = torch.full((2 * k, length), decoder.mask_id)
+    where = torch.rand(2 * k, length, generator=torch.Generator().manual_seed(0)) < 0.6
     with torch.no_grad():
-        free = decoder(tokens, decoder.cross_cache(feats, valid))
+        free = decoder(tokens, decoder.cross_cache(feats, valid), None, where)
         cache = decoder.cross_cache(feats, valid, HeadReading(allowed=allowed))
-        restricted = LanguageFilter(allowed).apply(decoder(tokens, cache), tokens)
+        restricted = LanguageFilter(allowed).apply(decoder(tokens, cache, None, where), where)
 
     assert (cache.prior.log_probs[0, :, : allowed.shape[1]][:, ~allowed[0]].exp() == 0).all()
-    en_rows = restricted[:k]
+    english = where.nonzero()[:, 0] < k  # the positions on the first utterance's k rows
+    en_rows = restricted[english]
     assert (en_rows[..., ~allowed[0]] < BLOCKED / 2).all()
     assert (en_rows[..., allowed[0]] > BLOCKED / 2).all()
-    assert torch.equal(restricted[k:], free[k:])  # the unrestricted utterance is untouched
+    assert torch.equal(restricted[~english], free[~english])  # the other utterance: untouched
 
 
 @pytest.mark.parametrize("method", ["pdd", "ctc"])

@@ -35,7 +35,9 @@ def test_overfit_eight_pairs_and_reproduce_greedily():
     for step in range(200):
         corr = sched.corrupt(targets.repeat(rep, 1), canvas_valid.repeat(rep, 1), V, step, g)
         loss = diffusion_loss(
-            dec(corr.x_t, dec.cross_cache(*cache_in)), targets.repeat(rep, 1), corr.weights
+            dec(corr.x_t, dec.cross_cache(*cache_in), None, corr.weights > 0),
+            targets.repeat(rep, 1),
+            corr.weights,
         )
         opt.zero_grad()
         loss.backward()

@@ -33,7 +33,7 @@ class Peaked:
     def __call__(self, tokens, cache, where):
         assert cache == "cache"  # passed through untouched
         self.inputs.append(tokens.clone())
-        return self.logits.repeat_interleave(self.k, dim=0)[:, : tokens.shape[1]]
+        return self.logits.repeat_interleave(self.k, dim=0)[:, : tokens.shape[1]][where]
 
 
 class Noisy:
@@ -44,7 +44,7 @@ class Noisy:
         self.logits = torch.randn(n, length, V, generator=gen).repeat_interleave(k, dim=0)
 
     def __call__(self, tokens, cache, where):
-        return self.logits[:, : tokens.shape[1]]
+        return self.logits[:, : tokens.shape[1]][where]
 
 
 def decode(denoise, k=3, steps=4, remasking="low_confidence", temperature=1.0, seed=0, **kw):
@@ -318,8 +318,8 @@ def test_predict_reads_only_where_asked_and_draws_the_same_samples():
     sampled = torch.tensor([False, True, False, True])
     where = torch.rand(4, 6, generator=torch.Generator().manual_seed(4)) < 0.5
     everywhere = torch.ones(4, 6, dtype=torch.bool)
-    full = predict(logits, sampled, 1.0, torch.Generator().manual_seed(5), everywhere)
-    part = predict(logits, sampled, 1.0, torch.Generator().manual_seed(5), where)
+    full = predict(logits[everywhere], sampled, 1.0, torch.Generator().manual_seed(5), everywhere)
+    part = predict(logits[where], sampled, 1.0, torch.Generator().manual_seed(5), where)
     for whole, some in zip(full, part, strict=True):
         assert torch.equal(some[where], whole[where])
         assert not some[~where].any()
@@ -327,11 +327,12 @@ def test_predict_reads_only_where_asked_and_draws_the_same_samples():
 
 
 def test_gumbel_argmax_samples_the_tempered_softmax():
-    logits = torch.tensor([0.0, 1.0986123]).expand(4000, 1, 2)  # probabilities 1/4, 3/4
+    logits = torch.tensor([0.0, 1.0986123]).expand(4000, 2)  # probabilities 1/4, 3/4
+    where = torch.ones(4000, 1, dtype=torch.bool)
     gen = torch.Generator().manual_seed(0)
-    share = gumbel_argmax(logits, 1.0, gen).float().mean().item()
+    share = gumbel_argmax(logits, where, 1.0, gen).float().mean().item()
     assert abs(share - 0.75) < 0.03
-    share_cold = gumbel_argmax(logits, 0.5, gen).float().mean().item()  # softmax(2x): 9/10
+    share_cold = gumbel_argmax(logits, where, 0.5, gen).float().mean().item()  # softmax(2x): 9/10
     assert abs(share_cold - 0.9) < 0.03
 
 
@@ -347,4 +348,6 @@ def test_config_options_and_bad_input():
     with pytest.raises(ValueError, match="random_schedule"):
         decode(Peaked(targets(), 3), remasking="random", random_schedule=[1.5])
     with pytest.raises(ValueError, match="denoise returned"):
-        decode(lambda x, c, w: torch.zeros(x.shape[0], x.shape[1], V + 1))
+        decode(lambda x, c, w: torch.zeros(int(w.sum()), V + 1))
+    with pytest.raises(ValueError, match="denoise returned"):  # every position, not `where`'s
+        decode(lambda x, c, w: torch.zeros(x.shape[0], x.shape[1], V))

@@ -86,7 +86,7 @@ def test_every_strategy_and_method_return_the_models_transcript(tok, remasking, 
     logits = torch.nn.functional.one_hot(target, tok.vocab_size).float() * 60.0
 
     def denoise(tokens, cache, where):
-        return logits.repeat_interleave(k, dim=0)
+        return logits.repeat_interleave(k, dim=0)[where]
 
     canvas, valid = canvas_for(lengths, tok.mask_id, tok.eos_id, lang_ids)
     res = pdd_decode(

@@ -63,7 +63,7 @@ def test_bucketed_canvas_decodes_the_same_greedy_tokens():
         canvas, valid = pad_to_bucket(*canvas_for([10, 6], V, 1), buckets, 448, eos_id=1)
         rows = valid.repeat_interleave(2, dim=0)
         res = pdd_decode(
-            lambda x, c, where, rows=rows: dec(x, c, rows),
+            lambda x, c, where, rows=rows: dec(x, c, rows)[where],
             cache,
             canvas,
             valid,

@@ -161,7 +161,7 @@ def test_length_first_decodes_the_batch_on_a_cut_canvas(model, monkeypatch):
     def eos_after_four(self, tokens, cache, canvas_valid=None, where=None):
         seen.append((tokens.shape[1], canvas_valid.shape[1]))
         logits = real(self, tokens, cache, canvas_valid, where)
-        logits[:, 4:, model.tokenizer.eos_id] = 1e4
+        logits[where.nonzero()[:, 1] >= 4, model.tokenizer.eos_id] = 1e4
         return logits
 
     monkeypatch.setattr(type(decoder), "forward", eos_after_four)

@@ -14,7 +14,7 @@ from tests.whisper_fixtures import (
     serialize_ct2,
     tiny_whisper_config,
 )
-from whisfusion.whisper_decoder import WhisperPrompt, annealed_causal_mask
+from whisfusion.whisper_decoder import WhisperPrompt, annealed_causal_mask, read_index
 from whisfusion.whisper_weights import load_whisper_decoder
 
 # tiny_whisper_config's vocabulary of 96: 3 = decoder start, specials above 80
@@ -169,17 +169,43 @@ def test_weights_without_a_decoder_are_refused(tmp_path):
         load_whisper_decoder(tmp_path, PROMPT)
 
 
-def test_where_computes_the_same_logits_at_the_asked_positions_only(tiny):
+@pytest.mark.parametrize("future_share", [1.0, 0.5])
+def test_where_computes_the_same_logits_at_the_asked_positions_only(tiny, future_share):
+    """Ragged positions per row (two candidate rows per utterance, a padded canvas), the last
+    block run there alone: the logits every position would have there, in eval and in a
+    training forward whose self-attention is partly causal."""
     model, ours = tiny
     feats = features(model)
     cache = ours.cross_cache(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
-    tokens = torch.randint(0, 80, (2, 7), generator=torch.Generator().manual_seed(3))
-    tokens[:, 3:] = ours.mask_id
-    where = tokens == ours.mask_id
-    with torch.no_grad():
-        full, part = ours(tokens, cache), ours(tokens, cache, None, where)
-    assert torch.allclose(part[where], full[where], atol=1e-5)
-    assert bool((part[~where] == 0).all())
+    gen = torch.Generator().manual_seed(3)
+    tokens = torch.randint(0, 80, (4, 9), generator=gen)
+    tokens[torch.rand(4, 9, generator=gen) < 0.5] = ours.mask_id
+    canvas_valid = torch.ones(4, 9, dtype=torch.bool)
+    canvas_valid[2:, 6:] = False
+    where = (torch.rand(4, 9, generator=gen) < 0.5) & canvas_valid
+    where[3] = False  # a row with nothing to read
+    where[0, 0] = True  # the language position, read at <|startoftranscript|>
+    ours.train(future_share < 1)
+    ours.future_share = future_share
+    try:
+        with torch.no_grad():
+            torch.manual_seed(0)  # the annealed mask's draw
+            full = ours(tokens, cache, canvas_valid)
+            torch.manual_seed(0)
+            part = ours(tokens, cache, canvas_valid, where)
+    finally:
+        ours.eval()
+        ours.future_share = 1.0
+    assert part.shape == (int(where.sum()), full.shape[-1])  # those positions alone
+    assert torch.allclose(part, full[where], atol=1e-5)
+
+
+def test_read_index_lists_each_rows_positions_in_order():
+    where = torch.tensor([[0, 1, 0, 1, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    index = read_index(where)
+    assert index.tolist() == [[1, 3, 4], [0, 0, 0], [0, 0, 0]]
+    slot = torch.arange(3)
+    assert torch.equal(index[slot < where.sum(1, keepdim=True)], where.nonzero()[:, 1])
 
 
 def test_annealed_mask_opens_from_causal_to_bidirectional():

@@ -77,6 +77,17 @@ def kept_width(content: torch.Tensor, margin: int) -> int:
     return min(length, last + margin)
 
 
+def per_utterance_at(per_utterance: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """The entries of per_utterance (N, L, D) or (N, 1, D) at the positions `where` marks on
+    utterance-major rows (N*K, L) bool -> (P, D), in `where`'s row-major order: each position
+    takes its own utterance's entry (at its position, or the one entry of a (N, 1, D))."""
+    rows, pos = where.nonzero(as_tuple=True)
+    utterance = rows // (where.shape[0] // per_utterance.shape[0])
+    if per_utterance.shape[1] == 1:
+        pos = torch.zeros_like(pos)
+    return per_utterance[utterance, pos]
+
+
 def add_per_utterance(rows: torch.Tensor, per_utterance: torch.Tensor) -> torch.Tensor:
     """rows (N*K, L, D), utterance-major, plus per_utterance (N, L, D) or (N, 1, D) on each of
     its K rows, broadcast rather than copied K times."""

@@ -290,10 +290,10 @@ class DiffusionDecoder(nn.Module):
                 utterance-major (row n*K + k belongs to utterance n).
             cache: cross-attention keys/values of N utterances (`cross_cache`).
             canvas_valid: (N*K, L) bool, False beyond each row's own canvas (padded batches).
-            where: (N*K, L) bool, the positions whose logits are needed (zeros elsewhere), or
-                None for all.
+            where: (N*K, L) bool, the positions whose logits are needed, or None for all.
         Returns:
-            (N*K, L, vocab_size) float logits.
+            float logits: (P, vocab_size) at the P positions of `where` (its row-major order),
+            or (N*K, L, vocab_size) at every position when `where` is None.
         """
         rows, length = tokens.shape
         check_canvas(rows, length, cache.batch, self.pos_embed.num_embeddings)
@@ -315,5 +315,5 @@ class DiffusionDecoder(nn.Module):
                 x = blk(x, cos, sin, self_mask, k, v, cross_mask)
         logits = logits_where(x, lambda h: self.head(self.norm_out(h)), where)
         if self.prior is not None:
-            logits = self.prior.fuse_logits(logits, cache.prior)
+            logits = self.prior.fuse_logits(logits, cache.prior, where)
         return logits

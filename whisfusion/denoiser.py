@@ -33,24 +33,20 @@ class Denoiser(Protocol):
         where: Tensor | None = None,
     ) -> Tensor:
         """tokens (N*K, L) canvas ids, utterance-major (row n*K + k is candidate k of utterance
-        n), [MASK] = mask_id; canvas_valid (N*K, L) bool -> logits (N*K, L, vocab_size) float:
-        for every canvas position, the distribution of the clean token there. With `where`
-        ((N*K, L) bool), only the logits at those positions are needed: the others may be
-        zeros (the output layer is most of a large-vocabulary decoder's work)."""
+        n), [MASK] = mask_id; canvas_valid (N*K, L) bool -> float logits of the clean token at
+        each position: (N*K, L, vocab_size) for every position, or, with `where` ((N*K, L)
+        bool), (P, vocab_size) at its P positions in row-major order, `forward(...)[where]`
+        without the rest (the output layer is most of a large-vocabulary decoder's work, and
+        a (rows, L, V) tensor most of its memory)."""
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         """`forward` (an `nn.Module` call)."""
 
 
 def logits_where(hidden: Tensor, head: Callable[[Tensor], Tensor], where: Tensor | None) -> Tensor:
-    """The output layer `head` ((..., D) -> (..., V)) on hidden states (R, L, D) -> (R, L, V)
-    float logits, computed only at `where` ((R, L) bool) when given, zeros elsewhere."""
-    if where is None:
-        return head(hidden).float()
-    picked = head(hidden[where]).float()
-    out = picked.new_zeros(*where.shape, picked.shape[-1])
-    out[where] = picked
-    return out
+    """The output layer `head` ((..., D) -> (..., V)) on hidden states (R, L, D) -> float
+    logits (R, L, V), or (P, V) at the P positions of `where` ((R, L) bool) when given."""
+    return head(hidden if where is None else hidden[where]).float()
 
 
 def check_canvas(rows: int, length: int, utterances: int, longest: int) -> None:

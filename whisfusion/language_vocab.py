@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from whisfusion.canvas import add_per_utterance
+from whisfusion.canvas import per_utterance_at
 
 FILE_NAME = "language_tokens.json"
 # The score of a blocked token: exp(-1e4) is 0 in float32, yet the value stays finite, so
@@ -133,7 +133,7 @@ class LanguageFilter:
 
     allowed: torch.Tensor
 
-    def apply(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """logits (N*K, L, V) of canvases tokens (N*K, L), utterance-major -> the same logits,
-        BLOCKED added on each utterance's blocked tokens."""
-        return add_per_utterance(logits, blocked_bias(self.allowed))
+    def apply(self, logits: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """logits (P, V) at the positions `where` marks on utterance-major rows (N*K, L) ->
+        the same logits, BLOCKED added on each utterance's blocked tokens."""
+        return logits + per_utterance_at(blocked_bias(self.allowed), where)

@@ -218,11 +218,15 @@ class Whisfusion(nn.Module):
         int8 = uses_int8(options.int8, self.device)
         decoder = int8_decoder(self.decoder) if int8 else self.decoder
         step = denoiser(decoder, options.compile)
-        # a compiled step keeps one output shape: it computes every position's logits
+
+        def denoise(tokens, cache, where):
+            canvas_valid = row_valid[:, : tokens.shape[1]]
+            if options.compile:  # one output shape: every position's logits, then `where`
+                return step(tokens, cache, canvas_valid)[where]
+            return step(tokens, cache, canvas_valid, where)
+
         result = pdd_decode(
-            lambda tokens, cache, where: step(
-                tokens, cache, row_valid[:, : tokens.shape[1]], None if options.compile else where
-            ),
+            denoise,
             self.cross_cache(features, valid, reading),
             canvas,
             canvas_valid,

@@ -27,7 +27,7 @@ from torch import nn
 
 from whisfusion import alignment
 from whisfusion.alignment import AlignmentHead
-from whisfusion.canvas import add_per_utterance
+from whisfusion.canvas import add_per_utterance, per_utterance_at
 from whisfusion.config import DecoderConfig
 from whisfusion.language_vocab import restrict_log_probs
 
@@ -207,9 +207,12 @@ class AlignmentPrior(nn.Module):
             for sharp in self.sharpness
         ]
 
-    def fuse_logits(self, logits: torch.Tensor, state: PriorState) -> torch.Tensor:
-        """(N*K, L, V): plus the weighted log-probabilities of the token the head reads at each
-        position (`align_logit_weight`, or the reading's weight)."""
+    def fuse_logits(
+        self, logits: torch.Tensor, state: PriorState, where: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits (N*K, L, V), or (P, V) at `where` ((N*K, L) bool, as the decoder returns
+        them): plus the weighted log-probabilities of the token the head reads at each position
+        (`align_logit_weight`, or the reading's weight)."""
         if not state.logit_weight:
             return logits
         vocab = logits.shape[-1]
@@ -217,10 +220,12 @@ class AlignmentPrior(nn.Module):
             state.token_start,
             state.key_pos,
             state.log_probs.detach()[..., :vocab],
-            logits.shape[1],
+            logits.shape[1] if where is None else where.shape[1],
             FUSION_WIDTH,
         )
-        return add_per_utterance(logits, state.logit_weight * heard)
+        if where is None:
+            return add_per_utterance(logits, state.logit_weight * heard)
+        return logits + state.logit_weight * per_utterance_at(heard, where)
 
     def losses(
         self, state: PriorState, tokens: torch.Tensor, canvas_valid: torch.Tensor, eos_id: int

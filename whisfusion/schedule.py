@@ -74,14 +74,21 @@ def phase_b_weights(masked: torch.Tensor) -> torch.Tensor:
 def diffusion_loss(
     logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """Mean over sequences of the weighted CE. logits (B, L, V), targets (B, L), weights (B, L).
+    """Mean over sequences of the weighted CE.
 
-    Cross-entropy is evaluated only where the weight is non-zero (the masked positions), so
-    unmasked positions cost nothing and cannot leak into the loss.
+    Args:
+        logits: (P, V) at the P positions where the weight is non-zero (the masked ones), in
+            row-major order, as a decoder returns them for `where = weights > 0`; unmasked
+            positions cost nothing and cannot leak into the loss.
+        targets, weights: (B, L).
     """
     sel = weights > 0
-    ce = F.cross_entropy(logits[sel].float(), targets[sel], reduction="none")
-    return (ce * weights[sel]).sum() / logits.shape[0]
+    if logits.shape[0] != int(sel.sum()):
+        raise ValueError(
+            f"{logits.shape[0]} rows of logits for {int(sel.sum())} positions with a loss weight"
+        )
+    ce = F.cross_entropy(logits.float(), targets[sel], reduction="none")
+    return (ce * weights[sel]).sum() / targets.shape[0]
 
 
 @dataclass(frozen=True)

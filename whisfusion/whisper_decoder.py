@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from whisfusion.denoiser import check_canvas, logits_where
+from whisfusion.denoiser import check_canvas
 from whisfusion.encoder.model import MultiHeadSelfAttention
 from whisfusion.quantize import Int8Linear
 
@@ -103,13 +103,17 @@ class Block(nn.Module):
             nn.Linear(dims.width, dims.mlp_width), nn.GELU(), nn.Linear(dims.mlp_width, dims.width)
         )
 
-    def forward(self, x, self_mask, k, v, key_mask, causal: bool):
-        """x (N*K, L, D); k, v (N, H, S, Dh); key_mask (N, 1, 1, S) -> (N*K, L, D)."""
+    def forward(self, x, self_mask, k, v, key_mask, causal: bool, query=None):
+        """x (N*K, L, D); k, v (N, H, S, Dh); key_mask (N, 1, 1, S) -> (N*K, L, D), or with
+        `query` ((N*K, Q) long positions, `read_index`) the outputs at those positions alone,
+        (N*K, Q, D): self-attention still reads every position, the rest of the block runs on
+        Q rows."""
         h = self.attn_ln(x)
         a = self.attn
-        x = x + a.attend(
-            a.split(a.query(h)), a.split(a.key(h)), a.split(a.value(h)), self_mask, causal
-        )
+        k_self, v_self = a.split(a.key(h)), a.split(a.value(h))
+        if query is not None:
+            x, h, self_mask = (at_rows(t, query) for t in (x, h, self_mask))
+        x = x + a.attend(a.split(a.query(h)), k_self, v_self, self_mask, causal)
         rows, length, width = x.shape
         n = k.shape[0]
         c = self.cross_attn
@@ -117,6 +121,30 @@ class Block(nn.Module):
         q = c.split(c.query(self.cross_attn_ln(x)).view(n, -1, width))
         x = x + c.attend(q, k, v, key_mask).view(rows, length, width)
         return x + self.mlp(self.mlp_ln(x))
+
+
+def read_index(where: torch.Tensor) -> torch.Tensor:
+    """where (R, L) bool -> (R, Q) long: each row's marked positions in order, Q the most any
+    row has; a row with fewer repeats its last one (`hidden[where]` is then the first
+    where.sum(1) entries of each row)."""
+    count = where.sum(1, keepdim=True)
+    first = torch.argsort((~where).to(torch.uint8), dim=1, stable=True)  # marked ones first
+    q = max(int(count.max()), 1)
+    slot = torch.arange(q, device=where.device).expand(where.shape[0], q)
+    return first.gather(1, torch.minimum(slot, (count - 1).clamp(min=0)))
+
+
+def at_rows(t: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor | None:
+    """The query positions (R, Q) of t (R, L, D), or of a self-attention mask: (L, L) or
+    (R, 1, L, L) gives (R, 1, Q, L); a (R, 1, 1, L) mask or None holds for every query."""
+    if t is None or (t.dim() == 4 and t.shape[2] == 1):
+        return t
+    if t.dim() == 2:  # (L, L): the same for every row
+        return t[query][:, None]
+    if t.dim() == 4:
+        index = query[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3])
+        return t.expand(query.shape[0], -1, -1, -1).gather(2, index)
+    return t.gather(1, query[..., None].expand(-1, -1, t.shape[-1]))
 
 
 def annealed_causal_mask(length: int, share: float, device=None) -> torch.Tensor:
@@ -200,9 +228,12 @@ class WhisperDenoiser(nn.Module):
         cache: WhisperCrossCache,
         valid: torch.Tensor | None = None,
         causal: bool = False,
+        query: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Whisper's decoder on its own sequence: ids (N*K, L') with [MASK] = vocab_size, valid
-        (N*K, L') bool or None -> final hidden states (N*K, L', D)."""
+        (N*K, L') bool or None -> final hidden states (N*K, L', D), or (N*K, Q, D) at the
+        positions `query` ((N*K, Q) long, not with `causal`): the last block runs there alone,
+        as nothing reads its other outputs."""
         rows, length = ids.shape
         check_canvas(rows, length - 3, cache.batch, self.max_canvas)  # 3: the prompt's tokens
         is_mask = ids == self.mask_id
@@ -214,8 +245,9 @@ class WhisperDenoiser(nn.Module):
             opened = annealed_causal_mask(length, self.future_share, ids.device)
             self_mask = opened if self_mask is None else self_mask & opened
         key_mask = cache.key_valid[:, None, None, :]
-        for blk, k, v in zip(self.blocks, cache.keys, cache.values, strict=True):
-            x = blk(x, self_mask, k, v, key_mask, causal)
+        last = len(self.blocks) - 1
+        for i, (blk, k, v) in enumerate(zip(self.blocks, cache.keys, cache.values, strict=True)):
+            x = blk(x, self_mask, k, v, key_mask, causal, query if i == last else None)
         return self.ln(x)
 
     def canvas_hidden(
@@ -224,8 +256,10 @@ class WhisperDenoiser(nn.Module):
         cache: WhisperCrossCache,
         canvas_valid: torch.Tensor | None,
         causal: bool = False,
+        where: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Hidden states that predict each canvas position: tokens (N*K, L) -> (N*K, L, D).
+        """Hidden states that predict each canvas position: tokens (N*K, L) -> (N*K, L, D), or
+        (P, D) at the P positions of `where` ((N*K, L) bool), in its row-major order.
 
         Canvas position 0 (language) is read at <|startoftranscript|>, position j >= 1 at the
         Whisper position before text token j (Dream's shift).
@@ -235,9 +269,15 @@ class WhisperDenoiser(nn.Module):
             valid = self.around_prompt(canvas_valid, True, True, True)
         p = self.prompt
         ids = self.around_prompt(tokens, p.sot, p.task, p.no_timestamps)
-        h = self.hidden(ids, cache, valid, causal)
-        length = tokens.shape[1]
-        return torch.cat([h[:, :1], h[:, 3 : length + 2]], dim=1)
+        if where is None or causal:
+            h = self.hidden(ids, cache, valid, causal)
+            length = tokens.shape[1]
+            h = torch.cat([h[:, :1], h[:, 3 : length + 2]], dim=1)
+            return h if where is None else h[where]
+        index = read_index(where)  # (N*K, Q) canvas positions
+        h = self.hidden(ids, cache, valid, query=torch.where(index == 0, 0, index + 2))
+        slot = torch.arange(index.shape[1], device=index.device)
+        return h[slot < where.sum(1, keepdim=True)]
 
     def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., vocab_size) float logits through the tied output layer."""
@@ -266,9 +306,10 @@ class WhisperDenoiser(nn.Module):
                 utterance-major (row n*K + k belongs to utterance n).
             cache: cross-attention keys/values of N utterances (`cross_cache`).
             canvas_valid: (N*K, L) bool, False beyond each row's own canvas.
-            where: (N*K, L) bool, the positions whose logits are needed (zeros elsewhere), or
-                None for all: the 51,865-way output layer is most of this decoder's work.
+            where: (N*K, L) bool, the positions whose logits are needed, or None for all: the
+                51,865-way output layer is most of this decoder's work.
         Returns:
-            (N*K, L, vocab_size) float logits.
+            float logits: (P, vocab_size) at the P positions of `where` (its row-major order),
+            or (N*K, L, vocab_size) at every position when `where` is None.
         """
-        return logits_where(self.canvas_hidden(tokens, cache, canvas_valid), self.logits_at, where)
+        return self.logits_at(self.canvas_hidden(tokens, cache, canvas_valid, where=where))

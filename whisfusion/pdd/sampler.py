@@ -3,10 +3,11 @@
 Everything here is a pure function over a `denoise(tokens, cache, where) -> logits` callable:
 
     denoise(tokens: LongTensor (N*K, L), cache, where: BoolTensor (N*K, L))
-        -> FloatTensor (N*K, L, V)
+        -> FloatTensor (P, V)
 
-`where` marks the positions whose predictions the step can use (the still-masked ones it may
-commit); logits elsewhere are never read, so a decoder may skip them.
+`where` marks the P positions whose predictions the step can use (the still-masked ones it may
+commit); the denoiser returns their logits alone, in `where`'s row-major order (the logits of
+every position indexed by `where`), so it never computes or writes the others.
 
 Rows are utterance-major (row n*K + k is candidate k of utterance n), so the decoder can group
 the K rows of one utterance onto its cached cross-attention; the cache is passed through
@@ -82,8 +83,9 @@ Denoise = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]
 class LogitFilter(Protocol):
     """Changes the logits of every step before a token is chosen (e.g. blocks tokens)."""
 
-    def apply(self, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """logits (N*K, L, V) predicted for the canvases tokens (N*K, L) -> the same shape."""
+    def apply(self, logits: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        """logits (P, V) at the positions `where` marks on the utterance-major rows (N*K, L)
+        -> the same shape."""
 
 
 REMASKING = ("low_confidence", "random")
@@ -164,23 +166,35 @@ def on_device(generator: torch.Generator | None, device: torch.device) -> torch.
 
 
 def gumbel_argmax(
-    logits: torch.Tensor, temperature: float, generator: torch.Generator | None
+    logits: torch.Tensor, where: torch.Tensor, temperature: float, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """A sample of softmax(logits / temperature) per position by Gumbel-max: (R, L, V) -> (R, L).
+    """A sample of softmax(logits / temperature) per position by Gumbel-max: logits (P, V) at
+    the positions `where` ((R, L) bool) marks -> (P,) token ids.
 
     argmax(logits + temperature * g), g = -log(-log u), equals LLaDA's exp(logits) / (-log u)^T
     without the overflow-prone exp. The noise is float64 as in LLaDA: low-precision Gumbel
     noise cuts off its tail, which acts like a lower temperature and lowers sample quality
-    (arXiv:2409.02908). `generator` must live on the logits' device.
+    (arXiv:2409.02908). It is drawn over the rows' whole (L, V), a chunk of rows at a time, and
+    read at `where`: a seed gives the same samples whichever positions a step reads.
+    `generator` must live on the logits' device.
     """
-    rows, length, vocab = logits.shape
+    rows, length = where.shape
+    vocab = logits.shape[-1]
     step = max(1, _NOISE_CHUNK // max(1, length * vocab))
-    out = []
+    out, first = [], 0
     for start in range(0, rows, step):
-        part = logits[start : start + step].to(torch.float64)
-        u = torch.rand(part.shape, generator=generator, device=part.device, dtype=torch.float64)
+        chunk = where[start : start + step]
+        count = int(chunk.sum())
+        part = logits[first : first + count].to(torch.float64)
+        u = torch.rand(
+            (chunk.shape[0], length, vocab),
+            generator=generator,
+            device=logits.device,
+            dtype=torch.float64,
+        )[chunk]
         noise = -torch.log(-torch.log(u))
         out.append((part + temperature * noise).argmax(dim=-1))
+        first += count
     return torch.cat(out)
 
 
@@ -194,26 +208,25 @@ def predict(
     """Token and its model probability at the positions read.
 
     Args:
-        logits: (R, L, V).
+        logits: (P, V) at the positions of `where`, in its row-major order.
         sampled_rows: (R,) bool, rows drawn by Gumbel-max; the others take the argmax.
-        where: (R, L) bool, the positions whose prediction is read. Greedy work (argmax,
-            softmax normaliser) is spent there alone: a step reads its still-masked
-            positions, a shrinking part of the canvas. Sampled rows still draw
-            noise over their whole (L, V), so a seed gives the same candidates either way.
+        where: (R, L) bool, the positions whose prediction is read: a step reads its
+            still-masked positions, a shrinking part of the canvas.
     Returns:
         tokens: (R, L) long; prob: (R, L) float32 probability under softmax(logits) (no
         temperature: the model's own belief in the chosen token); both 0 outside `where`.
     """
     logits = logits.float()
-    picked = logits[where]  # (P, V)
-    tokens = torch.zeros(where.shape, dtype=torch.long, device=logits.device)
-    tokens[where] = picked.argmax(dim=-1)
+    chosen = logits.argmax(dim=-1)  # (P,)
     if temperature > 0 and bool(sampled_rows.any()):
-        drawn = gumbel_argmax(logits[sampled_rows], temperature, generator)
-        tokens[sampled_rows] = torch.where(where[sampled_rows], drawn, 0)
-    chosen = tokens[where]
+        drawn_at = sampled_rows[:, None].expand_as(where)[where]  # (P,) in a sampled row
+        chosen[drawn_at] = gumbel_argmax(
+            logits[drawn_at], where[sampled_rows], temperature, generator
+        )
+    tokens = torch.zeros(where.shape, dtype=torch.long, device=logits.device)
+    tokens[where] = chosen
     prob = torch.zeros(where.shape, dtype=torch.float32, device=logits.device)
-    prob[where] = (picked.gather(-1, chosen[:, None])[:, 0] - torch.logsumexp(picked, -1)).exp()
+    prob[where] = (logits.gather(-1, chosen[:, None])[:, 0] - torch.logsumexp(logits, -1)).exp()
     return tokens, prob
 
 
@@ -330,8 +343,8 @@ def pdd_decode(
     """Decode K candidate transcripts per utterance in at most `steps` denoiser calls.
 
     Args:
-        denoise: (tokens (N*K, L) long, cache, where (N*K, L) bool) -> (N*K, L, V) logits,
-            V <= mask_id; only the logits at `where` are read.
+        denoise: (tokens (N*K, L) long, cache, where (N*K, L) bool) -> (P, V) logits at the
+            P positions of `where`, in its row-major order; V <= mask_id.
         canvas: (N, L) start canvases (`canvas_for`): given tokens or [MASK] on valid positions.
         valid: (N, L) bool, False beyond each utterance's canvas (forced to `eos_id`).
         candidates: K rows per utterance; row 0 greedy, rows >= 1 sampled at `temperature`.
@@ -388,13 +401,14 @@ def pdd_decode(
         else:
             need = masked
         logits = denoise(x_in, cache, need)
-        if logits.shape[:2] != x.shape or logits.shape[-1] > mask_id:
+        read = int(need.sum())
+        if logits.dim() != 2 or logits.shape[0] != read or logits.shape[-1] > mask_id:
             raise ValueError(
-                f"denoise returned logits {tuple(logits.shape)}; expected "
-                f"({x.shape[0]}, {width}, V) with V <= mask id {mask_id}"
+                f"denoise returned logits {tuple(logits.shape)}; expected ({read}, V), the "
+                f"positions of `where`, with V <= mask id {mask_id}"
             )
         for logit_filter in logit_filters:
-            logits = logit_filter.apply(logits, x_in)
+            logits = logit_filter.apply(logits, need)
         pred, prob = predict(logits, sampled_rows, temperature, gen, need)
         steps_run += 1
         if length_first:
