@@ -14,7 +14,7 @@ from tests.whisper_fixtures import (
     serialize_ct2,
     tiny_whisper_config,
 )
-from whisfusion.whisper_decoder import WhisperPrompt, annealed_causal_mask, read_index
+from whisfusion.whisper_decoder import WhisperPrompt, annealed_causal_mask, query_positions
 from whisfusion.whisper_weights import load_whisper_decoder
 
 # tiny_whisper_config's vocabulary of 96: 3 = decoder start, specials above 80
@@ -200,12 +200,11 @@ def test_where_computes_the_same_logits_at_the_asked_positions_only(tiny, future
     assert torch.allclose(part, full[where], atol=1e-5)
 
 
-def test_read_index_lists_each_rows_positions_in_order():
+def test_query_positions_list_each_rows_positions_in_order():
     where = torch.tensor([[0, 1, 0, 1, 1], [1, 0, 0, 0, 0], [0, 0, 0, 0, 0]], dtype=torch.bool)
-    index = read_index(where)
+    index, kept = query_positions(where)
     assert index.tolist() == [[1, 3, 4], [0, 0, 0], [0, 0, 0]]
-    slot = torch.arange(3)
-    assert torch.equal(index[slot < where.sum(1, keepdim=True)], where.nonzero()[:, 1])
+    assert torch.equal(index[kept], where.nonzero()[:, 1])
 
 
 def test_annealed_mask_opens_from_causal_to_bidirectional():

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from whisfusion.config import DecoderConfig
-from whisfusion.denoiser import check_canvas, logits_where
+from whisfusion.denoiser import check_canvas
 
 
 def stack_frames(
@@ -313,7 +313,7 @@ class DiffusionDecoder(nn.Module):
                 x = checkpoint(blk, x, cos, sin, self_mask, k, v, cross_mask, use_reentrant=False)
             else:
                 x = blk(x, cos, sin, self_mask, k, v, cross_mask)
-        logits = logits_where(x, lambda h: self.head(self.norm_out(h)), where)
+        logits = self.head(self.norm_out(x if where is None else x[where])).float()
         if self.prior is not None:
             logits = self.prior.fuse_logits(logits, cache.prior, where)
         return logits

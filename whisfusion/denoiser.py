@@ -7,7 +7,6 @@ config names (`model.decoder.kind`).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor
@@ -41,12 +40,6 @@ class Denoiser(Protocol):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Tensor:
         """`forward` (an `nn.Module` call)."""
-
-
-def logits_where(hidden: Tensor, head: Callable[[Tensor], Tensor], where: Tensor | None) -> Tensor:
-    """The output layer `head` ((..., D) -> (..., V)) on hidden states (R, L, D) -> float
-    logits (R, L, V), or (P, V) at the P positions of `where` ((R, L) bool) when given."""
-    return head(hidden if where is None else hidden[where]).float()
 
 
 def check_canvas(rows: int, length: int, utterances: int, longest: int) -> None:

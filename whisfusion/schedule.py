@@ -83,11 +83,12 @@ def diffusion_loss(
         targets, weights: (B, L).
     """
     sel = weights > 0
-    if logits.shape[0] != int(sel.sum()):
+    picked = targets[sel]
+    if logits.shape[0] != picked.shape[0]:
         raise ValueError(
-            f"{logits.shape[0]} rows of logits for {int(sel.sum())} positions with a loss weight"
+            f"{logits.shape[0]} rows of logits for {picked.shape[0]} positions with a loss weight"
         )
-    ce = F.cross_entropy(logits.float(), targets[sel], reduction="none")
+    ce = F.cross_entropy(logits.float(), picked, reduction="none")
     return (ce * weights[sel]).sum() / targets.shape[0]
 
 

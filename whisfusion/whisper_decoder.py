@@ -105,7 +105,7 @@ class Block(nn.Module):
 
     def forward(self, x, self_mask, k, v, key_mask, causal: bool, query=None):
         """x (N*K, L, D); k, v (N, H, S, Dh); key_mask (N, 1, 1, S) -> (N*K, L, D), or with
-        `query` ((N*K, Q) long positions, `read_index`) the outputs at those positions alone,
+        `query` ((N*K, Q) long positions, `query_positions`) the outputs at those positions alone,
         (N*K, Q, D): self-attention still reads every position, the rest of the block runs on
         Q rows."""
         h = self.attn_ln(x)
@@ -123,15 +123,15 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_ln(x))
 
 
-def read_index(where: torch.Tensor) -> torch.Tensor:
-    """where (R, L) bool -> (R, Q) long: each row's marked positions in order, Q the most any
-    row has; a row with fewer repeats its last one (`hidden[where]` is then the first
-    where.sum(1) entries of each row)."""
+def query_positions(where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """where (R, L) bool -> index (R, Q) long, each row's marked positions in order (Q the
+    most any row has; a row with fewer repeats its last one), and kept (R, Q) bool, False on
+    those repeats: `x.gather(index)[kept]` is `x[where]`."""
     count = where.sum(1, keepdim=True)
     first = torch.argsort((~where).to(torch.uint8), dim=1, stable=True)  # marked ones first
     q = max(int(count.max()), 1)
     slot = torch.arange(q, device=where.device).expand(where.shape[0], q)
-    return first.gather(1, torch.minimum(slot, (count - 1).clamp(min=0)))
+    return first.gather(1, torch.minimum(slot, (count - 1).clamp(min=0))), slot < count
 
 
 def at_rows(t: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor | None:
@@ -274,10 +274,8 @@ class WhisperDenoiser(nn.Module):
             length = tokens.shape[1]
             h = torch.cat([h[:, :1], h[:, 3 : length + 2]], dim=1)
             return h if where is None else h[where]
-        index = read_index(where)  # (N*K, Q) canvas positions
-        h = self.hidden(ids, cache, valid, query=torch.where(index == 0, 0, index + 2))
-        slot = torch.arange(index.shape[1], device=index.device)
-        return h[slot < where.sum(1, keepdim=True)]
+        index, kept = query_positions(where)  # (N*K, Q) canvas positions
+        return self.hidden(ids, cache, valid, query=torch.where(index == 0, 0, index + 2))[kept]
 
     def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., vocab_size) float logits through the tied output layer."""
