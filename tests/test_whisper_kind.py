@@ -11,6 +11,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import WhisperForConditionalGeneration
 
 from tests.model_fixtures import CONFIGS, save_checkpoint, tiny_model
@@ -21,6 +22,10 @@ from whisfusion.config import load_config
 from whisfusion.decoders import build_tokenizer
 from whisfusion.encoder import build_encoder
 from whisfusion.model import Whisfusion
+from whisfusion.optim import build_optimizer
+from whisfusion.options import DecodeOptions
+from whisfusion.precision import decoding_precision, kept_casts
+from whisfusion.schedule import diffusion_loss
 from whisfusion.tokenizer import tokenizer_from_bytes
 from whisfusion.whisper_tokenizer import WhisperTokenizer, whisper_r_max
 
@@ -139,6 +144,57 @@ def test_freeze_keeps_the_named_parameters_as_loaded(weights_dir):
     assert all(p.requires_grad for p in whisper_model(weights_dir).decoder.parameters())
     with pytest.raises(ValueError, match="blocks.*.cross_atn"):
         whisper_model(weights_dir, ["model.decoder.freeze=[blocks.*.cross_atn.*]"])
+
+
+def test_a_frozen_token_embedding_stays_the_output_layer_through_training(weights_dir):
+    model = whisper_model(weights_dir, ["model.decoder.freeze=[token_embedding.weight]"])
+    decoder = model.decoder.train()
+    optimizer, _ = build_optimizer(decoder, model.cfg.optim, max_steps=10)
+    trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert id(decoder.token_embedding.weight) not in trained and id(decoder.mask_embed) in trained
+    before = {n: p.detach().clone() for n, p in decoder.named_parameters()}
+    feats, valid = model.encode(torch.randn(2, 16000) * 0.1, torch.tensor([16000, 12000]))
+    torch.manual_seed(1)
+    targets = torch.randint(0, 256, (2, 12))
+    masked = torch.rand(2, 12) < 0.5
+    masked[:, 0] = True  # [MASK] is read, so its embedding gets a gradient
+    tokens = torch.where(masked, decoder.mask_id, targets)
+    canvas_valid = torch.ones(2, 12, dtype=torch.bool)
+    logits = decoder(tokens, decoder.cross_cache(feats, valid), canvas_valid, masked)
+    diffusion_loss(logits, targets, masked.float()).backward()
+    optimizer.step()
+    after = dict(decoder.named_parameters())
+    # the tied output layer is the embedding as loaded; everything else learns
+    assert decoder.head.weight is after["token_embedding.weight"]
+    assert torch.equal(after["token_embedding.weight"], before["token_embedding.weight"])
+    for name in ("mask_embed", "blocks.0.attn.query.weight"):
+        assert not torch.equal(after[name], before[name]), name
+
+
+class CastCounter(TorchDispatchMode):
+    """Counts the dtype casts of tensors of one shape (autocast's casts reach this mode)."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.shape, self.casts = tuple(shape), 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._to_copy.default and tuple(args[0].shape) == self.shape:
+            self.casts += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_frozen_output_layer_is_cast_to_bf16_once_per_decoding(weights_dir):
+    model = whisper_model(weights_dir, ["model.decoder.freeze=[token_embedding.weight]"])
+    feats, valid = model.encode(torch.randn(2, 16000) * 0.1, torch.tensor([16000, 8000]))
+    options = DecodeOptions.from_config(model.cfg.decode).replace(steps=4, candidates=1)
+    counter = CastCounter(model.decoder.head.weight.shape)
+    with decoding_precision("bfloat16", "cpu"), counter:
+        model.decode_features(feats, valid, [1.0, 0.5], ["en", "de"], options)
+    assert counter.casts == 1  # not once per step
+    assert not model.decoder.head.weight.requires_grad  # still frozen afterwards
+    with pytest.raises(RuntimeError, match="no_grad"), kept_casts(model.decoder):
+        pass
 
 
 def test_attention_anneal_raises_the_share_with_the_step():

@@ -24,6 +24,7 @@ from whisfusion.options import DecodeOptions
 from whisfusion.pdd import Transcript, canvas_for, decode_result, options_from_config, pdd_decode
 from whisfusion.pdd.buckets import length_groups, pad_to_bucket, trim_frames
 from whisfusion.pdd.compiled import FRAME_MULTIPLE, denoiser
+from whisfusion.precision import kept_casts
 from whisfusion.prior import AlignmentPrior, HeadReading
 from whisfusion.quantize import int8_decoder, uses_int8
 from whisfusion.tokenizer import Tokenizer
@@ -225,20 +226,21 @@ class Whisfusion(nn.Module):
                 return step(tokens, cache, canvas_valid)[where]
             return step(tokens, cache, canvas_valid, where)
 
-        result = pdd_decode(
-            denoise,
-            self.cross_cache(features, valid, reading),
-            canvas,
-            canvas_valid,
-            mask_id=self.tokenizer.mask_id,
-            eos_id=self.tokenizer.eos_id,
-            generator=generator,
-            return_trajectory=return_trajectory,
-            logit_filters=() if allowed is None else [LanguageFilter(allowed)],
-            # a compiled step keeps its canvas width
-            tail_margin=None if options.compile else self.cfg.model.canvas.margin,
-            **options_from_config(options),
-        )
+        with kept_casts(decoder):
+            result = pdd_decode(
+                denoise,
+                self.cross_cache(features, valid, reading),
+                canvas,
+                canvas_valid,
+                mask_id=self.tokenizer.mask_id,
+                eos_id=self.tokenizer.eos_id,
+                generator=generator,
+                return_trajectory=return_trajectory,
+                logit_filters=() if allowed is None else [LanguageFilter(allowed)],
+                # a compiled step keeps its canvas width
+                tail_margin=None if options.compile else self.cfg.model.canvas.margin,
+                **options_from_config(options),
+            )
         return decode_result(result, self.tokenizer, options.select, languages)
 
     def _decode_groups(

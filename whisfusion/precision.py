@@ -10,7 +10,8 @@ as fast in bf16 (`configs/demo_whisper.yaml` sets it), elsewhere it would be emu
 encoder runs in the same precision at inference (`FrozenWhisperEncoder.encode(dtype=)`).
 Autocast keeps each weight's cast for the whole `with` block only outside
 `torch.inference_mode()` (it caches casts of leaf tensors that require grad), so decoding runs
-under `torch.no_grad()`: under inference mode every step would cast every weight again. What
+under `torch.no_grad()`: under inference mode every step would cast every weight again (and
+frozen weights are marked as requiring grad while decoding runs: `kept_casts`). What
 stays float32 on CUDA (weights outside autocast, float32 "dtype") runs its matmuls in TF32.
 """
 
@@ -20,6 +21,7 @@ import contextlib
 from collections.abc import Iterator
 
 import torch
+from torch import nn
 
 from whisfusion.config.decode import DECODE_DTYPES
 
@@ -46,6 +48,31 @@ def decoding_precision(name: str, device: torch.device | str) -> Iterator[torch.
         if dtype != torch.float32:
             stack.enter_context(torch.autocast(device.type, dtype=dtype))
         yield dtype
+
+
+@contextlib.contextmanager
+def kept_casts(module: nn.Module) -> Iterator[None]:
+    """Autocast keeps its casts of `module`'s frozen weights for its whole region, as it does
+    for trained ones; use under `torch.no_grad()`.
+
+    Autocast caches the cast of a leaf tensor only when it requires grad, so a frozen weight
+    (`model.decoder.freeze`: Whisper's 51,865-token output layer in the demo) would be cast
+    again at every denoising step. Inside, the frozen floating-point parameters are marked as
+    requiring grad; with grad mode off nothing records a graph, and the marks go on exit.
+
+    Raises:
+        RuntimeError: grad mode is on (a backward pass would then train the frozen weights).
+    """
+    if torch.is_grad_enabled():
+        raise RuntimeError("kept_casts marks frozen weights as trainable: call it under no_grad")
+    frozen = [p for p in module.parameters() if p.is_floating_point() and not p.requires_grad]
+    for param in frozen:
+        param.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for param in frozen:
+            param.requires_grad_(False)
 
 
 @contextlib.contextmanager
