@@ -33,9 +33,11 @@ $(STAMP): requirements.txt requirements-dev.txt setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-# Debian packages of the demo corpus: speech synthesizers (training, validation and test audio)
-# and the human-speech evaluation set (Italian and Russian telephone prompts, one speaker each).
+# Debian packages of the demo corpus: speech synthesizers (training, validation and test audio),
+# fortune files (real sentences in en, de, es, it, pt, ru) and the human-speech evaluation set
+# (Italian and Russian telephone prompts, one speaker each).
 TTS_PACKAGES := espeak-ng flite festival festvox-italp16k festvox-itapc16k festvox-ru \
+  fortunes fortunes-de fortunes-es fortunes-it fortunes-br fortunes-ru \
   asterisk-core-sounds-it asterisk-core-sounds-it-wav asterisk-core-sounds-ru asterisk-core-sounds-ru-wav
 
 tts:

@@ -1,14 +1,17 @@
 """A small multilingual speech corpus synthesized locally: open vocabulary, held-out voices.
 
 Sentences come from `data_prep.demo_text` (thousands of real words per language, some held
-out of training), voices from `data_prep.demo_voices` (training and held-out voices disjoint).
+out of training) and, for a share of them where a language has any, from Debian's fortune
+files (`data_prep.demo_fortunes`: real sentences, cookies never shared between splits), voices
+from `data_prep.demo_voices` (training and held-out voices disjoint).
 Three splits per language:
     train   `train_per_lang` sentences of training words, training voices
-    valid   `valid_per_lang` sentences (the development set, for choices) with words of the
-            validation-only words, held-out voices
-    test    `test_per_lang` sentences with words of the test-only words, held-out voices
+    valid   `valid_per_lang` sentences (the development set, for choices): generated ones with
+            words of the validation-only words, held-out fortunes; held-out voices
+    test    `test_per_lang` sentences likewise, with the test-only words and fortunes
 The held-out splits are drawn from their own seeded generators, so they stay the same whatever
-the size of the training set, and a larger training set extends a smaller one.
+the size of the training set or its share of fortunes, and a larger training set extends a
+smaller one.
 
     build_demo_corpus(Path("data/demo/corpus"), DemoConfig(train_per_lang=300))
 writes `audio/<lang>/<id>.flac`, `{train,valid,test}.jsonl` and `report.json` (sizes, distinct
@@ -22,12 +25,14 @@ import hashlib
 import json
 import logging
 import random
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from data_prep.demo_text import Sentence, lexicon, make_sentence
+from data_prep.demo_fortunes import FORTUNE_PACKAGES, fortune_pools, package_version
+from data_prep.demo_text import Lexicon, Sentence, lexicon, make_sentence
 from data_prep.demo_voices import BATCH, ESPEAK_VOICES, draw_voice, engine_versions, synthesize
 from data_prep.parallel import parallel_map
 from whisfusion.config import TokenizerConfig
@@ -37,10 +42,13 @@ from whisfusion.scoring.normalizers import normalize, split_units
 log = logging.getLogger("data_prep.demo")
 
 # Bumped whenever the generator changes what it writes, so cached corpora are rebuilt.
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 # Splits of the synthesized corpus, in the order they are drawn; held-out ones first.
 CORPUS_SPLITS = ("valid", "test", "train")
 HELD_OUT_SPLITS = ("valid", "test")
+# Share of held-out sentences taken from fortune files where a language has them: fixed, so the
+# held-out sets stay the same whatever the training set's share.
+HELD_OUT_REAL_SHARE = 0.5
 
 
 @dataclass
@@ -61,10 +69,17 @@ class DemoConfig:
     # (data_prep.demo_text.word_count): 1-10 s of speech, so a model meets the lengths of
     # prompts and of read sentences.
     words_per_sentence: list[int] = field(default_factory=lambda: [2, 20])
+    # Share of training sentences taken from the language's Debian fortune files (real text,
+    # with the context a language model learns) where it has them; the rest are generated.
+    real_share: float = 0.5
     # Seed of the words held out, sentences, voices, rates and pitches.
     seed: int = 0
     # Synthesis processes.
     jobs: int = 2
+
+    def __post_init__(self):
+        if not 0.0 <= self.real_share <= 1.0:
+            raise ValueError(f"demo corpus: real_share must lie in [0, 1], got {self.real_share}")
 
     def fingerprint(self) -> str:
         """Hash of everything that decides the corpus content (not `jobs`)."""
@@ -73,6 +88,7 @@ class DemoConfig:
             "jobs": None,
             "version": GENERATOR_VERSION,
             "engines": engine_versions(),
+            "fortunes": {p: package_version(p) for p in FORTUNE_PACKAGES.values()},
         }
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -94,16 +110,37 @@ def distinct_sentences(
     lex = lexicon(lang, cfg.vocabulary, cfg.seed)
     held_out = {"valid": lex.valid, "test": lex.test}.get(split, ())
     rng = random.Random(f"{cfg.seed}:{lang}:{split}")
+    real = real_sentences(lang, split, cfg, lex)
     found: dict[str, Sentence] = {}
     for _ in range(100 * count + 100):
         if len(found) == count:
             break
-        sentence = make_sentence(lang, rng, lex, cfg.words_per_sentence, held_out)
+        share = cfg.real_share if split == "train" else HELD_OUT_REAL_SHARE
+        if real and rng.random() < share:
+            text = real.pop()
+            sentence = Sentence(text, text, tuple(text.split()))
+        else:
+            sentence = make_sentence(lang, rng, lex, cfg.words_per_sentence, held_out)
         if sentence.text not in exclude:
             found.setdefault(sentence.text, sentence)
     else:
         raise RuntimeError(f"could not make {count} distinct '{lang}' {split} sentences")
     return list(found.values())
+
+
+def real_sentences(lang: str, split: str, cfg: DemoConfig, lex: Lexicon) -> list[str]:
+    """The fortune sentences `split` may draw from `lang`'s pool, in seeded order (drawn from
+    the end); none for a language without fortunes. Training sentences never hold a word the
+    generator keeps for the held-out sets, so those stay out of training."""
+    pools = fortune_pools(lang, tuple(cfg.words_per_sentence), cfg.seed)
+    if pools is None:
+        return []
+    pool = list(getattr(pools, split))
+    if split == "train":
+        kept_out = set(lex.valid) | set(lex.test)
+        pool = [s for s in pool if kept_out.isdisjoint(re.findall(r"\w+", s.lower()))]
+    random.Random(f"{cfg.seed}:{lang}:{split}:fortunes").shuffle(pool)
+    return pool
 
 
 def plan_utterances(cfg: DemoConfig) -> list[tuple[str, dict, tuple]]:

@@ -188,6 +188,7 @@ def prepare_demo(
     jobs: int = 2,
     model_type: str | None = None,
     vocabulary: int | None = None,
+    real_share: float | None = None,
     canvas: CanvasConfig | None = None,
     max_duration: float | None = None,
     human_root: Path | None = Path("/"),
@@ -197,7 +198,7 @@ def prepare_demo(
     Done stages (and an up-to-date corpus) are skipped, so this is cheap to call before every
     training run. Returns `data_dir` (shards of the splits train, valid and test, index.json,
     tokenizer.model, stats.json, language_tokens.json, reports/corpus.json).
-    `test_per_lang`, `vocabulary`: DemoConfig's (None: its default).
+    `test_per_lang`, `vocabulary`, `real_share`: DemoConfig's (None: its default).
     `model_type`: SentencePiece model type (None: PrepSettings' default).
     `human_root`: where the asterisk-core-sounds packages are installed (`/`): their Italian
     and Russian prompts become the evaluation-only split `human` (a language whose package is
@@ -210,6 +211,7 @@ def prepare_demo(
         valid_per_lang=valid_per_lang,
         seed=seed,
         jobs=jobs,
+        **({} if real_share is None else {"real_share": real_share}),
     )
     if test_per_lang is not None:
         demo.test_per_lang = test_per_lang
@@ -333,7 +335,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--demo-vocabulary", type=int, default=demo.vocabulary, help="demo only: words per language"
     )
+    p.add_argument(
+        "--real-share",
+        type=_share,
+        default=demo.real_share,
+        help="demo only: share of training sentences from fortune files, where a language has them",
+    )
     return p
+
+
+def _share(value: str) -> float:
+    share = float(value)
+    if not 0.0 <= share <= 1.0:
+        raise argparse.ArgumentTypeError(f"must lie in [0, 1], got {value}")
+    return share
 
 
 def _settings(args: argparse.Namespace) -> PrepSettings:
@@ -386,6 +401,7 @@ def main(argv: list[str] | None = None) -> None:
                 jobs=s.jobs,
                 model_type=s.model_type,
                 vocabulary=args.demo_vocabulary,
+                real_share=args.real_share,
                 canvas=s.canvas,
                 max_duration=s.max_duration,
             )

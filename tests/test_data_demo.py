@@ -8,6 +8,7 @@ import json
 import random
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import soundfile as sf
 
 from data_prep.adapters import asterisk
 from data_prep.demo_corpus import DemoConfig, build_demo_corpus, corpus_report, plan_utterances
+from data_prep.demo_fortunes import FORTUNE_PACKAGES, cookie_sentences, fortune_pools
 from data_prep.demo_text import lexicon, make_sentence, word_count
 from data_prep.demo_voices import ESPEAK_VOICES, Voice, synthesize
 from data_prep.prepare import prepare_demo
@@ -24,6 +26,13 @@ from whisfusion.data.shards import iter_shard
 needs_tts = pytest.mark.skipif(
     any(shutil.which(tool) is None for tool in ("espeak-ng", "flite", "festival")),
     reason="needs espeak-ng, flite and festival (make tts)",
+)
+
+needs_fortunes = pytest.mark.skipif(
+    subprocess.run(
+        ["dpkg-query", "-W", *FORTUNE_PACKAGES.values()], capture_output=True
+    ).returncode,
+    reason="needs Debian's fortune files (make tts)",
 )
 
 SCRIPTS = {
@@ -80,6 +89,56 @@ def test_thousands_of_words_with_held_out_words_apart():
     assert lex == lexicon("de", 8000, 0) and lex != lexicon("de", 8000, 1)
 
 
+def test_a_fortune_cookie_gives_its_plain_sentences():
+    cookie = (
+        "\x1b[32m- Ma e' quello l'ufficio, perche' no?\x1b[m  Si', un po' di piu'.\n"
+        '- Non ci sono "virgolette" qui. Questa frase invece e\' davvero troppo lunga per il\n'
+        "corpus, perche' conta ben piu' di venti parole tra tutte quelle che si trovano qui.\n"
+        "minuscola all'inizio. Fine -- davvero. Ecco...\n"
+        "\t\t-- Douglas Adams, Guida galattica per gli autostoppisti.\n"
+    )
+    assert cookie_sentences(cookie, "it", (2, 20)) == [
+        "Ma è quello l'ufficio, perché no?",
+        "Sì, un po' di più.",
+    ]
+    assert cookie_sentences("It's 5 o'clock. Go!\n", "en", (2, 20)) == ["It's 5 o'clock."]
+    assert cookie_sentences("Привет, мир! Hello world.\n", "ru", (2, 20)) == ["Привет, мир!"]
+
+
+@needs_fortunes
+def test_fortune_sentences_fill_half_of_each_split_and_keep_held_out_words_out_of_training():
+    pools = fortune_pools("it", (2, 20), 0)
+    assert len(pools.train) > 1000 and len(pools.valid) > 100 and len(pools.test) > 100
+    assert not set(pools.train) & (set(pools.valid) | set(pools.test))
+    assert not set(pools.valid) & set(pools.test)
+    assert fortune_pools("fr", (2, 20), 0) is None  # Debian has no French fortunes
+    cfg = DemoConfig(languages=["it", "fr"], train_per_lang=200, valid_per_lang=60)
+    cfg.test_per_lang = 60
+    rows: dict[tuple[str, str], list[str]] = {}
+    for split, row, _ in plan_utterances(cfg):
+        rows.setdefault((split, row["lang"]), []).append(row["text"])
+    lex = lexicon("it", cfg.vocabulary, cfg.seed)
+    kept_out = set(lex.valid) | set(lex.test)
+    for split in ("train", "valid", "test"):
+        real = [t for t in rows[split, "it"] if t in getattr(pools, split)]
+        assert 0.3 < len(real) / len(rows[split, "it"]) < 0.7, (split, len(real))
+        assert not any(t in set(pools.train) for t in rows[split, "fr"])
+        if split == "train":
+            assert all(kept_out.isdisjoint(re.findall(r"\w+", t.lower())) for t in real)
+    only_real = plan_utterances(DemoConfig(**{**cfg.__dict__, "real_share": 1.0}))
+    trained = [
+        row["text"] for split, row, _ in only_real if split == "train" and row["lang"] == "it"
+    ]
+    assert set(trained) <= set(pools.train)  # every training sentence a fortune ...
+    held = [row for split, row, _ in only_real if split != "train"]
+    assert held == [
+        row for split, row, _ in plan_utterances(cfg) if split != "train"
+    ]  # ... same held-out sets
+    assert DemoConfig(real_share=0.0).fingerprint() != DemoConfig().fingerprint()
+    with pytest.raises(ValueError, match="real_share"):
+        DemoConfig(real_share=1.5)
+
+
 def plan(train: int, languages=("en", "ko", "zh", "ru")) -> dict[str, list]:
     cfg = DemoConfig(languages=list(languages), train_per_lang=train, valid_per_lang=10)
     cfg.test_per_lang = 12
@@ -89,6 +148,7 @@ def plan(train: int, languages=("en", "ko", "zh", "ru")) -> dict[str, list]:
     return out
 
 
+@needs_fortunes
 def test_held_out_splits_have_unseen_words_and_voices_and_a_fixed_size():
     small, large = plan(20), plan(60)
     for split in ("valid", "test"):
