@@ -21,7 +21,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.demo_text import _script
+from data_prep.demo_text import script_letters
 
 # Language -> the Debian package of its fortune files (licences in the README).
 FORTUNE_PACKAGES = {
@@ -97,7 +97,7 @@ def cookie_sentences(cookie: str, lang: str, words: tuple[int, int]) -> list[str
     # dialogue dashes and line breaks are layout, not text
     text = " ".join(re.sub(r"^\s*[-–—]\s+", "", line) for line in text.splitlines())
     text = unicodedata.normalize("NFC", re.sub(r"\s+", " ", text))
-    letter = _script(lang)
+    letter = script_letters(lang)
     out = []
     for sentence in _SENTENCE_END.split(text.strip()):
         sentence = sentence.strip()

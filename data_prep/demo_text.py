@@ -99,7 +99,7 @@ def _is_hangul(c: str) -> bool:
     return "\uac00" <= c <= "\ud7a3"
 
 
-def _script(lang: str):
+def script_letters(lang: str):
     """Predicate on characters: a letter of the script `lang` is written in."""
     if lang == "ja":
         return lambda c: _is_kana(c) or _is_hanzi(c)
@@ -121,7 +121,7 @@ def word_list(lang: str, top: int) -> tuple[str, ...]:
         RuntimeError: fewer than MIN_WORDS usable words (or fewer than `top` / 2).
     """
     top_n_list = demo_package("wordfreq").top_n_list
-    letter = _script(lang)
+    letter = script_letters(lang)
     words = [w for w in top_n_list(lang, top) if w and all(letter(c) for c in w)]
     if lang == "ja":  # every word must have a reading espeak-ng can speak
         words = [w for w in words if all(_is_kana(c) for c in hiragana(w))]
