@@ -42,7 +42,7 @@ HELD_OUT_COOKIES = 400
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # An attribution line (`-- Author`) and everything after it.
 _ATTRIBUTION = re.compile(r"\n\s*(--|—|~~)\s.*", re.S)
-# A sentence ends at `.`, `?` or `!` (or their CJK forms) followed by a space or the end.
+# A sentence ends at `.`, `?` or `!` followed by a space or the end.
 _SENTENCE_END = re.compile(r"(?<=[.?!])\s+")
 _PUNCTUATION = set(",.?!;:-' ")
 # Italian accents written as an apostrophe: `perche'` -> `perché`, `e'` -> `è`, not `po'`.
@@ -145,6 +145,8 @@ def fortune_pools(lang: str, words: tuple[int, int], seed: int) -> FortunePools 
 
     # a saying may stand in several cookies: each sentence goes to the first split that has it
     valid = sentences(cookies[:HELD_OUT_COOKIES])
-    test = tuple(s for s in sentences(cookies[HELD_OUT_COOKIES:held]) if s not in valid)
-    train = tuple(s for s in sentences(cookies[held:]) if s not in valid and s not in test)
+    taken = set(valid)
+    test = tuple(s for s in sentences(cookies[HELD_OUT_COOKIES:held]) if s not in taken)
+    taken.update(test)
+    train = tuple(s for s in sentences(cookies[held:]) if s not in taken)
     return FortunePools(train=train, valid=valid, test=test)
