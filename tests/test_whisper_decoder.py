@@ -14,7 +14,12 @@ from tests.whisper_fixtures import (
     serialize_ct2,
     tiny_whisper_config,
 )
-from whisfusion.whisper_decoder import WhisperPrompt, annealed_causal_mask, query_positions
+from whisfusion.whisper_decoder import (
+    ReusedKeys,
+    WhisperPrompt,
+    annealed_causal_mask,
+    query_positions,
+)
 from whisfusion.whisper_weights import load_whisper_decoder
 
 # tiny_whisper_config's vocabulary of 96: 3 = decoder start, specials above 80
@@ -198,6 +203,83 @@ def test_where_computes_the_same_logits_at_the_asked_positions_only(tiny, future
         ours.future_share = 1.0
     assert part.shape == (int(where.sum()), full.shape[-1])  # those positions alone
     assert torch.allclose(part, full[where], atol=1e-5)
+
+
+class RowCounter:
+    """Counts the rows a module runs on (a forward hook)."""
+
+    def __init__(self, module):
+        self.rows = []
+        self.handle = module.register_forward_hook(lambda m, i, o: self.rows.append(i[0].shape))
+
+
+def test_reused_keys_run_the_read_and_changed_positions_and_refresh_on_schedule(tiny):
+    """`ReusedKeys`: the first call is a full pass; a later one runs only the positions it reads
+    and those whose token changed, the rest attend with their kept keys (exact when no token
+    changed, stale otherwise); every `refresh`-th call is a full pass again, exact."""
+    model, ours = tiny
+    feats = features(model)
+    gen = torch.Generator().manual_seed(5)
+    tokens = torch.randint(0, 80, (4, 9), generator=gen)  # two candidate rows per utterance
+    masked = torch.rand(4, 9, generator=gen) < 0.6
+    masked[:, 0] = True
+    canvas_valid = torch.ones(4, 9, dtype=torch.bool)
+    canvas_valid[2:, 7:] = False
+    step1 = torch.where(masked, ours.mask_id, tokens)
+    step2 = step1.clone()
+    commit = masked & (torch.rand(4, 9, generator=gen) < 0.5) & canvas_valid
+    step2[commit] = tokens[commit]
+    where2 = (step2 == ours.mask_id) & canvas_valid
+    cache = ours.cross_cache(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
+    cache.reuse = ReusedKeys(refresh=3)
+    counter = RowCounter(ours.blocks[0].mlp)
+
+    def exact(ids, where):
+        plain = ours.cross_cache(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
+        return ours(ids, plain, canvas_valid, where)
+
+    try:
+        with torch.no_grad():
+            first = ours(step1, cache, canvas_valid, masked & canvas_valid)
+            same = ours(step1, cache, canvas_valid, masked & canvas_valid)
+            stale = ours(step2, cache, canvas_valid, where2)
+            full = ours(step2, cache, canvas_valid, where2)  # the third call: a full pass
+    finally:
+        counter.handle.remove()
+    assert torch.allclose(first, exact(step1, masked & canvas_valid), atol=1e-5)
+    assert torch.allclose(same, first, atol=1e-5)
+    assert torch.allclose(full, exact(step2, where2), atol=1e-5)
+    assert not torch.allclose(stale, full, atol=1e-4)  # the kept keys are stale
+    assert stale.shape == full.shape
+    # rows of the Whisper sequence (9 canvas positions + 3 prompt tokens) each call ran
+    run = [rows * length for rows, length, _ in counter.rows]
+    read = (masked & canvas_valid).sum(1)
+    assert run[0] == run[3] == 4 * 12
+    assert run[1] == 4 * int(read.max())  # the read positions, padded to the longest row
+    changed = ours.around_prompt(commit, False, False, False)  # in the Whisper sequence
+    read2 = torch.zeros_like(changed)
+    read2[:, 0], read2[:, 3:11] = where2[:, 0], where2[:, 1:]
+    assert run[2] == 4 * int((changed | read2).sum(1).max()) < 4 * 12
+
+
+def test_reused_keys_are_cut_with_the_canvas_and_dropped_for_other_rows(tiny):
+    """After the length step the canvas gets narrower: the kept keys are cut to it; a call on
+    other rows (a new batch) is a full pass."""
+    model, ours = tiny
+    feats = features(model, batch=1)
+    cache = ours.cross_cache(feats, torch.ones(feats.shape[:2], dtype=torch.bool))
+    cache.reuse = reuse = ReusedKeys(refresh=8)
+    wide = torch.full((1, 9), ours.mask_id)
+    with torch.no_grad():
+        ours(wide, cache, None, torch.ones(1, 9, dtype=torch.bool))
+        narrow = ours(wide[:, :6], cache, None, torch.ones(1, 6, dtype=torch.bool))
+    assert reuse.ids.shape == (1, 9) and reuse.keys[0].shape[2] == 9
+    assert reuse.holds(torch.zeros(1, 7, dtype=torch.long))
+    assert not reuse.holds(torch.zeros(2, 7, dtype=torch.long))  # other rows
+    assert not reuse.holds(torch.zeros(1, 12, dtype=torch.long))  # wider
+    assert narrow.shape == (6, 96)
+    reuse.calls = 8  # a refresh is due
+    assert not reuse.holds(torch.zeros(1, 7, dtype=torch.long))
 
 
 def test_query_positions_list_each_rows_positions_in_order():

@@ -134,6 +134,43 @@ def test_checkpoint_rebuilds_and_decodes_with_pdd(weights_dir, tmp_path):
     assert all(isinstance(t.text, str) for t in out)
 
 
+def test_kv_refresh_decodes_with_fewer_rows_and_only_whisper_decoders_take_it(weights_dir):
+    """decode.kv_refresh > 1: after the first step a step runs only the positions it reads and
+    the ones just committed, so the decoder runs fewer rows than the exact decoding over the
+    same steps; the paper's decoder refuses the setting."""
+    model = whisper_model(weights_dir)
+    feats, valid = model.encode(torch.randn(2, 16000) * 0.1, torch.tensor([16000, 12000]))
+    rows = []
+    hook = model.decoder.blocks[0].attn_ln.register_forward_hook(
+        lambda m, i, o: rows.append(i[0].shape[0] * i[0].shape[1])
+    )
+    out = {}
+    try:
+        for refresh in (1, 6):
+            rows.clear()
+            options = DecodeOptions.from_config(
+                model.cfg.decode, steps=6, candidates=2, blocks=2, kv_refresh=refresh
+            )
+            with torch.no_grad():
+                out[refresh] = model.decode_features(
+                    feats, valid, [1.0, 0.75], ["en", "de"], options
+                )
+            out[refresh, "rows"] = list(rows)
+    finally:
+        hook.remove()
+    exact, reused = out[1, "rows"], out[6, "rows"]
+    assert len(exact) == len(reused) > 1  # the same steps
+    assert reused[0] == exact[0] and sum(reused[1:]) < sum(exact[1:])
+    assert all(isinstance(t.text, str) for t in out[6]) and len(out[6]) == 2
+    paper = tiny_model()
+    with pytest.raises(ValueError, match="kv_refresh > 1.*kind whisper"):
+        paper.check_options(DecodeOptions.from_config(paper.cfg.decode, kv_refresh=4))
+    with pytest.raises(ValueError, match="kv_refresh > 1 and decode.compile"):
+        DecodeOptions.from_config(model.cfg.decode, kv_refresh=4, compile=True)
+    with pytest.raises(ValueError, match="kv_refresh must be >= 1"):
+        DecodeOptions.from_config(model.cfg.decode, kv_refresh=0)
+
+
 def test_freeze_keeps_the_named_parameters_as_loaded(weights_dir):
     patterns = "[blocks.*.cross_attn.key.*,blocks.*.cross_attn.value.*]"
     model = whisper_model(weights_dir, [f"model.decoder.freeze={patterns}"])

@@ -29,6 +29,7 @@ from whisfusion.prior import AlignmentPrior, HeadReading
 from whisfusion.quantize import int8_decoder, uses_int8
 from whisfusion.tokenizer import Tokenizer
 from whisfusion.transcribe import transcribe_audio
+from whisfusion.whisper_decoder import ReusedKeys
 
 
 class Whisfusion(nn.Module):
@@ -126,6 +127,12 @@ class Whisfusion(nn.Module):
             )
         if options.language_vocab_min_count:
             self._language_vocab()
+        if options.kv_refresh > 1 and self.cfg.model.decoder.kind != "whisper":
+            raise ValueError(
+                "decode.kv_refresh > 1 reuses the self-attention keys of Whisper's decoder "
+                f"(model.decoder.kind whisper); this model's decoder is "
+                f"'{self.cfg.model.decoder.kind}': set decode.kv_refresh to 1"
+            )
 
     def _alignment_prior(self) -> AlignmentPrior:
         if self.prior is None:
@@ -226,10 +233,13 @@ class Whisfusion(nn.Module):
                 return step(tokens, cache, canvas_valid)[where]
             return step(tokens, cache, canvas_valid, where)
 
+        cache = self.cross_cache(features, valid, reading)
+        if options.kv_refresh > 1:
+            cache.reuse = ReusedKeys(options.kv_refresh)
         with kept_casts(decoder):
             result = pdd_decode(
                 denoise,
-                self.cross_cache(features, valid, reading),
+                cache,
                 canvas,
                 canvas_valid,
                 mask_id=self.tokenizer.mask_id,

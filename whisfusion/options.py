@@ -28,6 +28,7 @@ class DecodeOptions:
     blocks: int
     eos_threshold: float
     commit_threshold: float
+    kv_refresh: int
     temperature: float
     select: str
     align_weight: float | None
@@ -73,7 +74,7 @@ class DecodeOptions:
                 raise ValueError(
                     f"{name} must be one of {', '.join(allowed)}; got '{getattr(self, key)}'"
                 )
-        for key in ("steps", "candidates", "batch_size"):
+        for key in ("steps", "candidates", "batch_size", "kv_refresh"):
             if getattr(self, key) < 1:
                 raise ValueError(f"decode {key} must be >= 1, got {getattr(self, key)}")
         for key in ("temperature", "blank_penalty", "language_vocab_min_count", "max_padding"):
@@ -84,6 +85,11 @@ class DecodeOptions:
         )
         if self.int8 and self.compile:
             raise ValueError("decode.int8 and decode.compile do not combine: choose one")
+        if self.kv_refresh > 1 and self.compile:
+            raise ValueError(
+                "decode.kv_refresh > 1 and decode.compile do not combine: a compiled step "
+                "keeps one shape, a reusing step runs a different number of positions each time"
+            )
         if not self.random_schedule or any(not 0.0 <= r <= 1.0 for r in self.random_schedule):
             raise ValueError(
                 f"decode.random_schedule needs shares in [0, 1], got {list(self.random_schedule)}"

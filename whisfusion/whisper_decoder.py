@@ -27,7 +27,7 @@ Frames after each clip's end are masked out of cross-attention.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +61,43 @@ class WhisperPrompt:
 
 
 @dataclass
+class ReusedKeys:
+    """The self-attention keys and values one denoising call leaves to the next of the same
+    decoding (`decode.kv_refresh`, as dKV-Cache and Fast-dLLM reuse them): a step then runs
+    only the positions it reads and those whose token changed since the last call (the ones
+    just committed), and the other positions attend with the keys and values of their last
+    computation. Every `refresh`-th call is a full pass."""
+
+    refresh: int
+    calls: int = 0
+    ids: torch.Tensor | None = None  # (R, L') the Whisper sequence of the last call
+    keys: list[torch.Tensor] = field(default_factory=list)  # per block (R, H, L', Dh)
+    values: list[torch.Tensor] = field(default_factory=list)
+
+    def holds(self, ids: torch.Tensor) -> bool:
+        """Whether the next call on ids (R, L) may reuse the kept keys: not a full pass, the
+        same rows, a canvas no wider than the last (the cut after the length step)."""
+        return (
+            self.ids is not None
+            and self.calls % self.refresh != 0
+            and self.ids.shape[0] == ids.shape[0]
+            and self.ids.shape[1] >= ids.shape[1]
+        )
+
+    def cut(self, length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """The kept keys and values of the first `length` positions (copied once when the
+        canvas was cut, so that a step writes into whole tensors)."""
+        if self.ids.shape[1] > length:
+            self.keys = [k[:, :, :length].contiguous() for k in self.keys]
+            self.values = [v[:, :, :length].contiguous() for v in self.values]
+        return self.keys, self.values
+
+    def step(self, ids: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.calls += 1
+        self.ids, self.keys, self.values = ids, keys, values
+
+
+@dataclass
 class WhisperCrossCache:
     """keys, values: one (N, H, S, Dh) tensor per block; key_valid: (N, S) bool, True on frames
     that cover real audio."""
@@ -68,6 +105,8 @@ class WhisperCrossCache:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     key_valid: torch.Tensor
+    # self-attention keys/values kept between denoising steps (`reuse_keys`); None: none kept
+    reuse: ReusedKeys | None = None
 
     @property
     def batch(self) -> int:
@@ -103,14 +142,24 @@ class Block(nn.Module):
             nn.Linear(dims.width, dims.mlp_width), nn.GELU(), nn.Linear(dims.mlp_width, dims.width)
         )
 
-    def forward(self, x, self_mask, k, v, key_mask, causal: bool, query=None):
-        """x (N*K, L, D); k, v (N, H, S, Dh); key_mask (N, 1, 1, S) -> (N*K, L, D), or with
-        `query` ((N*K, Q) long positions, `query_positions`) the outputs at those positions alone,
-        (N*K, Q, D): self-attention still reads every position, the rest of the block runs on
-        Q rows."""
+    def forward(self, x, self_mask, k, v, key_mask, causal: bool, query=None, past=None):
+        """x (N*K, L, D); k, v (N, H, S, Dh); key_mask (N, 1, 1, S) -> (out, k_self, v_self):
+        out (N*K, L, D), or with `query` ((N*K, Q) long positions, `query_positions`) the
+        outputs at those positions alone, (N*K, Q, D): self-attention still reads every
+        position, the rest of the block runs on Q rows. k_self, v_self (N*K, H, L, Dh) are the
+        self-attention keys and values it read.
+
+        With `past` = (index, keys, values) x holds only the rows at the positions `index`
+        ((N*K, L) long) of a longer sequence whose self-attention keys and values (N*K, H, L',
+        Dh) an earlier call left: this call's rows are written into them and every row attends
+        over all L' positions."""
         h = self.attn_ln(x)
         a = self.attn
         k_self, v_self = a.split(a.key(h)), a.split(a.value(h))
+        if past is not None:
+            index, keys, values = past
+            at = index[:, None, :, None].expand_as(k_self)
+            k_self, v_self = keys.scatter_(2, at, k_self), values.scatter_(2, at, v_self)
         if query is not None:
             x, h, self_mask = (at_rows(t, query) for t in (x, h, self_mask))
         x = x + a.attend(a.split(a.query(h)), k_self, v_self, self_mask, causal)
@@ -120,7 +169,7 @@ class Block(nn.Module):
         # K rows of an utterance become one query sequence of K*L against its cached keys
         q = c.split(c.query(self.cross_attn_ln(x)).view(n, -1, width))
         x = x + c.attend(q, k, v, key_mask).view(rows, length, width)
-        return x + self.mlp(self.mlp_ln(x))
+        return x + self.mlp(self.mlp_ln(x)), k_self, v_self
 
 
 def query_positions(where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,33 +271,60 @@ class WhisperDenoiser(nn.Module):
         mid = canvas.new_tensor([task, no_timestamps]).expand(b, 2)
         return torch.cat([first, canvas[:, :1], mid, canvas[:, 1:]], dim=1)
 
+    def embed(self, ids: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """ids (R, Q) with [MASK] = vocab_size -> input rows (R, Q, D); `positions` (R, Q) long
+        the place of each id in Whisper's sequence (None: 0 .. Q-1)."""
+        is_mask = ids == self.mask_id
+        x = self.token_embedding(ids.masked_fill(is_mask, 0))
+        x = torch.where(is_mask[..., None], self.mask_embed.to(x.dtype), x)
+        at = self.positional_embedding
+        return x + (at[: ids.shape[1]] if positions is None else at[positions]).to(x.dtype)
+
     def hidden(
         self,
         ids: torch.Tensor,
         cache: WhisperCrossCache,
         valid: torch.Tensor | None = None,
         causal: bool = False,
-        query: torch.Tensor | None = None,
+        read: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Whisper's decoder on its own sequence: ids (N*K, L') with [MASK] = vocab_size, valid
-        (N*K, L') bool or None -> final hidden states (N*K, L', D), or (N*K, Q, D) at the
-        positions `query` ((N*K, Q) long, not with `causal`): the last block runs there alone,
-        as nothing reads its other outputs."""
+        (N*K, L') bool or None -> final hidden states (N*K, L', D), or (P, D) at the P
+        positions of `read` ((N*K, L') bool, row-major; not with `causal`): the last block
+        runs there alone, as nothing reads its other outputs. With `cache.reuse` between its
+        full passes, only the read positions and those whose id changed since the last call
+        run; the others' self-attention keys and values are the last call's."""
         rows, length = ids.shape
         check_canvas(rows, length - 3, cache.batch, self.max_canvas)  # 3: the prompt's tokens
-        is_mask = ids == self.mask_id
-        x = self.token_embedding(ids.masked_fill(is_mask, 0))
-        x = torch.where(is_mask[..., None], self.mask_embed.to(x.dtype), x)
-        x = x + self.positional_embedding[:length].to(x.dtype)
         self_mask = None if valid is None or causal else valid[:, None, None, :]
         if self.training and self.future_share < 1 and not causal:
             opened = annealed_causal_mask(length, self.future_share, ids.device)
             self_mask = opened if self_mask is None else self_mask & opened
         key_mask = cache.key_valid[:, None, None, :]
+        reuse = cache.reuse if read is not None and not causal else None
+        index = past_keys = past_values = query = out = None
+        if reuse is not None and reuse.holds(ids):
+            past_keys, past_values = reuse.cut(length)
+            index, kept = query_positions((ids != reuse.ids[:, :length]) | read)
+            query, out = query_positions(read.gather(1, index) & kept)
+            x = self.embed(ids.gather(1, index), index)
+        else:
+            if read is not None:
+                query, out = query_positions(read)
+            x = self.embed(ids)
+        keys, values = [], []
         last = len(self.blocks) - 1
-        for i, (blk, k, v) in enumerate(zip(self.blocks, cache.keys, cache.values, strict=True)):
-            x = blk(x, self_mask, k, v, key_mask, causal, query if i == last else None)
-        return self.ln(x)
+        layers = zip(self.blocks, cache.keys, cache.values, strict=True)
+        for i, (blk, k, v) in enumerate(layers):
+            past = None if index is None else (index, past_keys[i], past_values[i])
+            at = query if i == last else None
+            x, k_self, v_self = blk(x, self_mask, k, v, key_mask, causal, at, past)
+            keys.append(k_self)
+            values.append(v_self)
+        if reuse is not None:
+            reuse.step(ids, keys, values)
+        x = self.ln(x)
+        return x if out is None else x[out]
 
     def canvas_hidden(
         self,
@@ -269,13 +345,14 @@ class WhisperDenoiser(nn.Module):
             valid = self.around_prompt(canvas_valid, True, True, True)
         p = self.prompt
         ids = self.around_prompt(tokens, p.sot, p.task, p.no_timestamps)
+        length = tokens.shape[1]
         if where is None or causal:
             h = self.hidden(ids, cache, valid, causal)
-            length = tokens.shape[1]
             h = torch.cat([h[:, :1], h[:, 3 : length + 2]], dim=1)
             return h if where is None else h[where]
-        index, kept = query_positions(where)  # (N*K, Q) canvas positions
-        return self.hidden(ids, cache, valid, query=torch.where(index == 0, 0, index + 2))[kept]
+        read = torch.zeros_like(ids, dtype=torch.bool)
+        read[:, 0], read[:, 3 : length + 2] = where[:, 0], where[:, 1:]
+        return self.hidden(ids, cache, valid, read=read)
 
     def logits_at(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., vocab_size) float logits through the tied output layer."""

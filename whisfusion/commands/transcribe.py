@@ -81,6 +81,13 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
         "probability (fewer steps where the model is sure; 0 = off)",
     )
     p.add_argument(
+        "--kv-refresh",
+        type=int,
+        help="recompute every position's self-attention keys every this many steps, in "
+        "between only the positions a step reads and the ones just committed (Whisper-started "
+        "decoders; 1 = every step, exact)",
+    )
+    p.add_argument(
         "--temperature",
         type=float,
         help="sampling temperature of candidates 2..K (0 = all greedy)",
@@ -186,6 +193,7 @@ def decode_settings(model, args: argparse.Namespace, command: str):
             blocks=args.blocks,
             eos_threshold=args.eos_threshold,
             commit_threshold=args.commit_threshold,
+            kv_refresh=args.kv_refresh,
             temperature=args.temperature,
             select=args.select,
             batch_size=args.batch_size,

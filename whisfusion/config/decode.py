@@ -34,6 +34,11 @@ class DecodeConfig:
     # probability (Fast-dLLM's parallel decoding; low_confidence only): fewer denoiser calls
     # where the model is sure, T stays the most; 0 = off, the paper's fixed budgets.
     commit_threshold: float = 0.0
+    # Self-attention keys and values recomputed at every this many denoising steps (a full
+    # pass); in between a step runs only the positions it reads and the ones just committed,
+    # the rest attend with their last keys and values (dKV-Cache, Fast-dLLM's approximate
+    # cache; `model.decoder.kind: whisper` only). 1 = every step, the exact decoder.
+    kv_refresh: int = 1
     # Gumbel temperature of candidate rows 2..K (row 1 stays greedy); 0 = all greedy.
     temperature: float = 1.0
     # How one candidate is picked: "confidence", "mbr" or "rover".
