@@ -64,14 +64,27 @@ EXTRA_SENTENCES = (
 )
 
 
+# Timed passes over every clip per system and batch, the systems taking turns (one pass of
+# each, then the next round), so that a slow spell of a shared machine reaches all of them;
+# each row reports the median pass.
+ROUNDS = 3
+
+
 @dataclass(frozen=True)
 class E2EResult:
     system: str
     batch: int
+    # the median pass
     wall_s: float
     audio_s: float
-    # stage seconds (whisfusion: load, encode, decode)
+    # stage seconds of the median pass (whisfusion: load, encode, decode)
     stages: dict
+    # every timed pass, in round order
+    passes_s: tuple[float, ...] = ()
+
+
+# one pass over every clip -> its stage seconds (empty where a system has no stages)
+Pass = Callable[[], dict]
 
 
 def e2e_clips(seconds: Sequence[float] = CLIP_SECONDS) -> tuple[list[torch.Tensor], str]:
@@ -141,21 +154,23 @@ def _timed(run: Callable[[], object], device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def time_whisfusion(model: Whisfusion, clips: Sequence[torch.Tensor], batch: int) -> E2EResult:
-    """The whole pipeline over every clip, `batch` clips per batch, after a warm-up pass."""
+def whisfusion_pass(model: Whisfusion, clips: Sequence[torch.Tensor], batch: int) -> Pass:
+    """One pass of the whole pipeline over every clip, `batch` clips per batch."""
     sources = [
         AudioSource(f"clip{i}", c.numel() / SAMPLE_RATE, lambda c=c: c, "en")
         for i, c in enumerate(clips)
     ]
     decode = DecodeOptions.from_config(model.cfg.decode, batch_size=batch)
-    # no_grad, as `whisfusion transcribe` runs: under inference_mode autocast does not cache
-    # its weight casts, and every denoising step would cast every weight again
-    with torch.no_grad():
-        transcribe_sources(model, sources, decode)  # warm-up: every shape once
+
+    def run() -> dict:
         times = StageTimes()
-        wall = _timed(lambda: transcribe_sources(model, sources, decode, times=times), model.device)
-    audio_s = sum(c.numel() for c in clips) / SAMPLE_RATE
-    return E2EResult("whisfusion", batch, wall, audio_s, dict(times.seconds))
+        # no_grad, as `whisfusion transcribe` runs: under inference_mode autocast does not
+        # cache its weight casts, and every denoising step would cast every weight again
+        with torch.no_grad():
+            transcribe_sources(model, sources, decode, times=times)
+        return dict(times.seconds)
+
+    return run
 
 
 class CT2Whisper:
@@ -198,19 +213,37 @@ class CT2Whisper:
         ]
 
 
-def time_batches(
-    system: str, transcribe: Callable[[list], object], clips, batch: int, device: torch.device
-) -> E2EResult:
-    """`transcribe` over the clips `batch` at a time, after a warm-up pass."""
+def batches_pass(transcribe: Callable[[list], object], clips, batch: int) -> Pass:
+    """One pass of `transcribe` over the clips, `batch` at a time."""
     batches = [list(clips[i : i + batch]) for i in range(0, len(clips), batch)]
 
-    def run():
+    def run() -> dict:
         for b in batches:
             transcribe(b)
+        return {}
 
-    run()
-    wall = _timed(run, device)
-    return E2EResult(system, batch, wall, sum(c.numel() for c in clips) / SAMPLE_RATE, {})
+    return run
+
+
+def time_rounds(
+    passes: Sequence[tuple[str, int, Pass]], audio_s: float, device: torch.device, rounds: int
+) -> list[E2EResult]:
+    """Each (system, batch, pass) warmed up once, then `rounds` rounds of one timed pass of
+    each in turn; a row per entry with its median pass."""
+    for _, _, run in passes:
+        run()  # warm-up: every shape once
+    timed: list[list[tuple[float, dict]]] = [[] for _ in passes]
+    for _ in range(rounds):
+        for i, (_, _, run) in enumerate(passes):
+            stages: dict = {}
+            wall = _timed(lambda run=run, stages=stages: stages.update(run()), device)
+            timed[i].append((wall, stages))
+    rows = []
+    for (system, batch, _), runs in zip(passes, timed, strict=True):
+        wall, stages = sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+        walls = tuple(round(w, 3) for w, _ in runs)
+        rows.append(E2EResult(system, batch, wall, audio_s, stages, walls))
+    return rows
 
 
 def hf_transcriber(
@@ -244,6 +277,7 @@ def run_e2e(
     threads: int,
     clips_seconds: Sequence[float] = CLIP_SECONDS,
     config_overrides: Sequence[str] = (),
+    rounds: int = ROUNDS,
 ) -> dict:
     """Every system of `profile` at each of its e2e batch sizes on the same clips; the result
     dict (rows, clips, settings)."""
@@ -265,10 +299,7 @@ def run_e2e(
             if model.cfg.model.decoder.kind == "whisper"
             else "random decoder weights: the cost does not depend on them"
         )
-    rows = []
-    for batch in batches:
-        log.info("e2e whisfusion batch %d", batch)
-        rows.append(time_whisfusion(model, clips, batch))
+    passes = [("whisfusion", b, whisfusion_pass(model, clips, b)) for b in batches]
     ct2_reason = None
     if profile.e2e_ct2 is not None:
         try:
@@ -278,15 +309,14 @@ def run_e2e(
             log.warning("e2e: CTranslate2 not timed: %s", err)
         else:
             name = f"whisper-base ct2 {profile.e2e_ct2}"
-            for batch in batches:
-                log.info("e2e %s batch %d", name, batch)
-                rows.append(time_batches(name, engine.transcribe, clips, batch, device))
+            passes += [(name, b, batches_pass(engine.transcribe, clips, b)) for b in batches]
     for shape in profile.ar if profile.e2e_transformers else ():
         transcribe = hf_transcriber(shape, profile.encoder.layers, device, model.cfg.decode.dtype)
         name = f"transformers {shape.name} (static cache)"
-        for batch in batches:
-            log.info("e2e %s batch %d", name, batch)
-            rows.append(time_batches(name, transcribe, clips, batch, device))
+        passes += [(name, b, batches_pass(transcribe, clips, b)) for b in batches]
+    log.info("e2e: %d systems x batches, %d rounds", len(passes), rounds)
+    audio_s = sum(c.numel() for c in clips) / SAMPLE_RATE
+    rows = time_rounds(passes, audio_s, device, rounds)
     decode = model.cfg.decode
     return {
         "config": profile.e2e_checkpoint or f"configs/{profile.e2e_config}.yaml",
@@ -294,6 +324,8 @@ def run_e2e(
         "decode": {
             "steps": decode.steps,
             "candidates": decode.candidates,
+            "blocks": decode.blocks,
+            "kv_refresh": decode.kv_refresh,
             "select": decode.select,
             "dtype": decode.dtype,
             "int8": decode.int8,
@@ -303,6 +335,7 @@ def run_e2e(
         "clips_s": [round(c.numel() / SAMPLE_RATE, 2) for c in clips],
         "audio": source,
         "batches": list(batches),
+        "rounds": rounds,
         "load_average_at_end": load_average(),
         "rows": [vars(r) for r in rows],
     }

@@ -276,11 +276,13 @@ def render_e2e_markdown(result: dict) -> str:
         f"`torch.set_num_threads({result['threads']})`. whisfusion: `{e2e['config']}`'s "
         f"pipeline (encoder {e2e['encoder']}, "
         f"{e2e.get('decoder', 'random decoder weights')}), T = {decode['steps']}, "
-        f"K = {decode['candidates']}, "
+        f"K = {decode['candidates']}, {decode.get('blocks', 1)} block(s), self-attention "
+        f"keys recomputed every {decode.get('kv_refresh', 1)} step(s), "
         f"{decode['select']} selection, decode.dtype {decode['dtype']}"
         f"{' with int8 decoder weights' if decode.get('int8') else ''}, with selection and "
         "detokenizing. Encoder: the log-mel and encoder seconds inside whisfusion's run (the "
-        "floor). Each row is one timed pass over every clip after an untimed one.",
+        f"floor). Each row is the median of {e2e.get('rounds', 1)} timed passes over every "
+        "clip, the systems taking turns (one pass each per round), after an untimed one.",
         "",
     ]
     if e2e.get("ct2_not_timed"):

@@ -278,13 +278,15 @@ def test_e2e_times_every_system_on_the_same_clips(tmp_path):
     profile = tiny_profile(
         e2e_config="tiny", e2e_batches=(1, 2), e2e_ct2="int8", e2e_transformers=True
     )
-    e2e = run_e2e(profile, threads=1, clips_seconds=(2.0, 3.5))
+    e2e = run_e2e(profile, threads=1, clips_seconds=(2.0, 3.5), rounds=3)
     assert e2e["clips_s"] == [2.0, 3.5]
     systems = {(r["system"], r["batch"]) for r in e2e["rows"]}
     names = {"whisfusion", "whisper-base ct2 int8", "transformers tiny-ar (static cache)"}
     assert systems == {(s, b) for s in names for b in (1, 2)}
     for r in e2e["rows"]:
         assert r["wall_s"] > 0 and r["audio_s"] == pytest.approx(5.5, abs=1e-3)
+        assert len(r["passes_s"]) == 3  # the median of the rounds
+        assert sorted(r["passes_s"])[1] == pytest.approx(r["wall_s"], abs=1e-3)
         if r["system"] == "whisfusion":
             assert 0 < r["stages"]["encode"] < r["wall_s"]
     # the section renders and lands in the results file beside the decoder sections
