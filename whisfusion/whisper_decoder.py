@@ -22,7 +22,9 @@ DiffuLLaMA and Dream adapt autoregressive language models:
 Cross-attention keys/values depend on the audio only: `cross_cache` computes them once per
 utterance and `forward` reuses them for K candidate rows by folding the rows into the query
 length of one attention call (queries never interact in cross-attention, so this is exact).
-Frames after each clip's end are masked out of cross-attention.
+Frames after each clip's end are masked out of cross-attention. Between the denoising steps of
+one decoding, `ReusedKeys` (`decode.kv_refresh`) keeps each block's self-attention keys/values,
+so that a step runs only the positions it reads and those just committed.
 """
 
 from __future__ import annotations
