@@ -6,6 +6,8 @@ import torch
 from whisfusion.config import ScheduleConfig
 from whisfusion.schedule import (
     MaskSchedule,
+    block_step_masks,
+    content_positions,
     diffusion_loss,
     draw_u,
     phase_a_t,
@@ -103,3 +105,70 @@ def test_loss_is_the_weighted_ce_of_the_masked_positions_logits():
 def test_switch_step_with_a_mixture_is_refused():
     with pytest.raises(ValueError, match="switch_step=10 and schedule.high_mask_share=0.5"):
         MaskSchedule(ScheduleConfig(switch_step=10, high_mask_share=0.5))
+
+
+def test_content_is_the_transcript_and_its_first_eos():
+    eos = 7
+    tokens = torch.tensor([[1, 2, 7, 7, 7], [3, 7, 4, 7, 7], [1, 2, 3, 4, 5]])
+    valid = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0]], dtype=torch.bool)
+    assert content_positions(tokens, valid, eos).int().tolist() == [
+        [1, 1, 1, 0, 0],
+        [1, 1, 0, 0, 0],
+        [1, 1, 1, 0, 0],
+    ]
+
+
+def test_block_step_masks_give_earlier_blocks_and_mask_later_ones():
+    """One drawn block per sequence: everything before it given, everything after it (within
+    the content) masked, its own positions masked at rate t and read; nothing outside the
+    content is touched."""
+    g = torch.Generator().manual_seed(3)
+    b, length, blocks = 4000, 20, 4
+    count = torch.randint(4, 17, (b, 1), generator=g)
+    content = torch.arange(length)[None, :] < count
+    t = torch.rand(b, generator=g)
+    masked, read = block_step_masks(t, content, blocks, g)
+    assert not (masked & ~content).any() and not (read & ~masked).any()
+    block_of = torch.arange(length)[None, :] * blocks // count
+    first = torch.where(read, block_of, blocks).amin(1)  # the drawn block, where anything is read
+    rows = first < blocks
+    k = first[:, None]
+    assert (read[rows] == (read & (block_of == k))[rows]).all()  # reads one block
+    assert (masked & (block_of < k))[rows].sum() == 0  # earlier blocks given
+    later = content & (block_of > k)
+    assert (masked[rows] | ~later[rows]).all()  # later blocks masked
+    # t = 1: the whole drawn block is read; t = 1/2: half of a block on average
+    full, read_all = block_step_masks(torch.ones(b), content, blocks, g)
+    first = torch.where(read_all, block_of, blocks).amin(1)[:, None]
+    assert torch.equal(read_all, content & (block_of == first))
+    assert torch.equal(full, content & (block_of >= first))
+    drawn = torch.bincount(first[:, 0], minlength=blocks).float() / b  # blocks drawn evenly
+    assert float((drawn - 1 / blocks).abs().max()) < 0.03
+    _, half = block_step_masks(torch.full((b,), 0.5), content, blocks, g)
+    rate = half.sum() / (content.sum() / blocks)
+    assert float(rate) == pytest.approx(0.5, abs=0.02)
+
+
+def test_block_share_masks_that_share_and_keeps_other_runs_unchanged():
+    g = torch.Generator().manual_seed(4)
+    tokens, valid = _batch()
+    tokens[:, 10:] = 98  # EOS from position 10
+    cfg = ScheduleConfig(high_mask_share=0.5, block_share=0.25, blocks=4)
+    c = MaskSchedule(cfg, eos_id=98).corrupt(tokens, valid, MASK, 0, g)
+    assert not (c.block & c.high).any()
+    assert float(c.block.float().mean()) == pytest.approx(0.25, abs=0.01)
+    assert float(c.high.float().mean()) == pytest.approx(0.5, abs=0.01)
+    assert not c.masked[c.block][:, 11:].any()  # EOS padding after the first is given
+    has = c.weights[c.block].sum(1) > 0
+    torch.testing.assert_close(c.weights[c.block].sum(1)[has], torch.ones(int(has.sum())))
+    # without block_share the same seed draws the same masks as before the option existed
+    plain = ScheduleConfig(high_mask_share=0.5)
+    a = MaskSchedule(plain).corrupt(tokens, valid, MASK, 0, torch.Generator().manual_seed(5))
+    again = MaskSchedule(plain, eos_id=98).corrupt(
+        tokens, valid, MASK, 0, torch.Generator().manual_seed(5)
+    )
+    assert torch.equal(a.masked, again.masked) and not a.block.any()
+    with pytest.raises(ValueError, match="high_mask_share \\+ block_share <= 1"):
+        MaskSchedule(ScheduleConfig(high_mask_share=0.8, block_share=0.5), eos_id=98)
+    with pytest.raises(ValueError, match="EOS id"):
+        MaskSchedule(ScheduleConfig(block_share=0.5))

@@ -37,7 +37,7 @@ class WhisfusionModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.cfg: RunConfig = model.cfg
-        self.schedule = MaskSchedule(self.cfg.model.schedule)
+        self.schedule = MaskSchedule(self.cfg.model.schedule, model.tokenizer.eos_id)
         self._feature_cache: FeatureCache | None = None
         self._step_started = time.perf_counter()
         self.nonfinite = NonFiniteGuard(self.cfg.trainer.max_nonfinite_in_row)
@@ -153,6 +153,8 @@ class WhisfusionModule(L.LightningModule):
         self._log_parts("train", parts, bs)
         self.log("train/mask_ratio", masked_share, batch_size=bs)
         self.log("train/high_mask_share", corr.high.float().mean(), batch_size=bs)
+        if self.cfg.model.schedule.block_share > 0:
+            self.log("train/block_share", corr.block.float().mean(), batch_size=bs)
         self.log("train/tokens_per_s", tokens / max(elapsed, 1e-9), batch_size=bs)
         return loss
 

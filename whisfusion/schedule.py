@@ -9,6 +9,9 @@ with probability t, drawn per sequence. Two phases:
 - B (high-mask specialization): t ~ U(high_low, high_high); a sequence's loss is the plain mean
   CE over its masked positions. Decoding starts from an all-[MASK] canvas, so B trains where
   inference happens.
+- Block steps (`block_share`, drawn among the sequences phase B leaves): the canvas as one step
+  of left-to-right block decoding reads it (`block_step_masks`); the loss is the mean CE over
+  the drawn block's masked positions.
 
 The batch loss is the mean of the per-sequence losses, so the two phases can share one batch.
 All functions are pure (randomness comes from an explicit generator). Draws happen on the device
@@ -59,6 +62,39 @@ def mask_positions(
     return (draw < t[:, None]) & valid
 
 
+def content_positions(tokens: torch.Tensor, valid: torch.Tensor, eos_id: int) -> torch.Tensor:
+    """(B, L) bool: each canvas's transcript and the first EOS after it (the positions a
+    length-first decoding leaves to its steps), valid positions only."""
+    is_eos = tokens == eos_id
+    seen = is_eos.cumsum(dim=1)
+    return valid & ((seen == 0) | ((seen == 1) & is_eos))
+
+
+def block_step_masks(
+    t: torch.Tensor,
+    content: torch.Tensor,
+    blocks: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The canvas as one step of left-to-right block decoding reads it (LLaDA's
+    semi-autoregressive decoding, `decode.blocks`): each sequence's content positions (B, L)
+    bool, contiguous from position 0, are cut into `blocks` equal blocks and one block k is
+    drawn; the blocks before k are given, the blocks after it masked, and each position of
+    block k is masked with probability t[b] (t: (B,)).
+
+    Returns:
+        masked: (B, L) bool, the input's [MASK] positions.
+        read: (B, L) bool, the masked positions of block k: the ones such a step predicts.
+    """
+    b, length = content.shape
+    count = content.sum(dim=1, keepdim=True).clamp(min=1)
+    block_of = torch.arange(length, device=content.device)[None, :] * blocks // count
+    k = torch.randint(0, blocks, (b, 1), generator=generator, device=content.device)
+    draw = torch.rand(content.shape, generator=generator, device=content.device)
+    read = content & (block_of == k) & (draw < t[:, None])
+    return read | (content & (block_of > k)), read
+
+
 def phase_a_weights(t: torch.Tensor, masked: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(B, L) weights 1 / (t * L_b) on masked positions, L_b = the sequence's canvas length."""
     length = valid.sum(dim=1, keepdim=True).clamp(min=1)
@@ -97,7 +133,8 @@ class Corruption:
     """One draw of the forward process for a batch.
 
     x_t: (B, L) input canvas with [MASK] ids; masked: (B, L) bool; weights: (B, L) loss
-    weights; t: (B,) mask rates; high: (B,) bool, True where phase B was used.
+    weights; t: (B,) mask rates; high: (B,) bool, True where phase B was used; block: (B,)
+    bool, True where the sequence was masked as a block decoding step reads it.
     """
 
     x_t: torch.Tensor
@@ -105,12 +142,14 @@ class Corruption:
     weights: torch.Tensor
     t: torch.Tensor
     high: torch.Tensor
+    block: torch.Tensor
 
 
 class MaskSchedule:
-    """Chooses the phase per sequence (switch step or mixture) and corrupts a batch."""
+    """Chooses the phase per sequence (switch step or mixture) and corrupts a batch;
+    `eos_id` is needed with `block_share` > 0 (it marks where a transcript ends)."""
 
-    def __init__(self, cfg: ScheduleConfig):
+    def __init__(self, cfg: ScheduleConfig, eos_id: int | None = None):
         if not 0.0 <= cfg.high_low <= cfg.high_high <= 1.0:
             raise ValueError(
                 "schedule: need 0 <= high_low <= high_high <= 1, "
@@ -126,7 +165,19 @@ class MaskSchedule:
                 f"{cfg.high_mask_share} are two ways to choose phase B: set switch_step=-1 to "
                 "mix the phases, or high_mask_share=0 to switch at a step"
             )
-        self.cfg = cfg
+        if cfg.block_share > 0:
+            if cfg.switch_step >= 0 or cfg.high_mask_share + cfg.block_share > 1:
+                raise ValueError(
+                    f"schedule.block_share={cfg.block_share} needs switch_step=-1 and "
+                    f"high_mask_share + block_share <= 1 (high_mask_share={cfg.high_mask_share}, "
+                    f"switch_step={cfg.switch_step})"
+                )
+            if cfg.blocks < 1 or eos_id is None:
+                raise ValueError(
+                    f"schedule.block_share > 0 needs schedule.blocks >= 1 (got {cfg.blocks}) "
+                    "and the tokenizer's EOS id"
+                )
+        self.cfg, self.eos_id = cfg, eos_id
 
     def phase_b_mask(
         self,
@@ -162,5 +213,13 @@ class MaskSchedule:
         weights = torch.where(
             high[:, None], phase_b_weights(masked), phase_a_weights(t, masked, valid)
         )
+        block = torch.zeros_like(high)
+        if self.cfg.block_share > 0:  # drawn only then: runs without it keep their masks
+            share = self.cfg.block_share / max(1.0 - self.cfg.high_mask_share, 1e-9)
+            block = ~high & (torch.rand(b, generator=generator, device=dev) < share)
+            content = content_positions(tokens, valid, self.eos_id)
+            in_block, read = block_step_masks(t, content, self.cfg.blocks, generator)
+            masked = torch.where(block[:, None], in_block, masked)
+            weights = torch.where(block[:, None], phase_b_weights(read), weights)
         x_t = torch.where(masked, torch.full_like(tokens, mask_id), tokens)
-        return Corruption(x_t, masked, weights, t, high)
+        return Corruption(x_t, masked, weights, t, high, block)

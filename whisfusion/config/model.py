@@ -111,6 +111,12 @@ class ScheduleConfig:
     switch_step: int = -1
     # Share of each batch drawn from phase B (used when switch_step == -1; 0 = pure phase A).
     high_mask_share: float = 0.0
+    # Share of each batch masked as one step of left-to-right block decoding reads it (earlier
+    # blocks given, later ones masked, the loss on the drawn block; `decode.blocks`); with
+    # switch_step -1, drawn among the sequences that phase B leaves (0 = none).
+    block_share: float = 0.0
+    # Blocks of that masking, as decode.blocks.
+    blocks: int = 4
     # Stratified (antithetic) draws of u across the batch: lower-variance loss estimates.
     antithetic: bool = True
 
