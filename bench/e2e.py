@@ -80,7 +80,7 @@ class E2EResult:
     # stage seconds of the median pass (whisfusion: load, encode, decode)
     stages: dict
     # every timed pass, in round order
-    passes_s: tuple[float, ...] = ()
+    passes_s: tuple[float, ...]
 
 
 # one pass over every clip -> its stage seconds (empty where a system has no stages)
@@ -144,14 +144,15 @@ def build_whisfusion(
     return model.to(device).eval()
 
 
-def _timed(run: Callable[[], object], device: torch.device) -> float:
+def _timed(run: Pass, device: torch.device) -> tuple[float, dict]:
+    """Seconds of one pass (the device's queued work included) and the stages it returns."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    run()
+    stages = run()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return time.perf_counter() - start, stages
 
 
 def whisfusion_pass(model: Whisfusion, clips: Sequence[torch.Tensor], batch: int) -> Pass:
@@ -235,9 +236,7 @@ def time_rounds(
     timed: list[list[tuple[float, dict]]] = [[] for _ in passes]
     for _ in range(rounds):
         for i, (_, _, run) in enumerate(passes):
-            stages: dict = {}
-            wall = _timed(lambda run=run, stages=stages: stages.update(run()), device)
-            timed[i].append((wall, stages))
+            timed[i].append(_timed(run, device))
     rows = []
     for (system, batch, _), runs in zip(passes, timed, strict=True):
         wall, stages = sorted(runs, key=lambda r: r[0])[len(runs) // 2]

@@ -111,11 +111,11 @@ def distinct_sentences(
     held_out = {"valid": lex.valid, "test": lex.test}.get(split, ())
     rng = random.Random(f"{cfg.seed}:{lang}:{split}")
     real = real_sentences(lang, split, cfg, lex)
+    share = cfg.real_share if split == "train" else HELD_OUT_REAL_SHARE
     found: dict[str, Sentence] = {}
     for _ in range(100 * count + 100):
         if len(found) == count:
             break
-        share = cfg.real_share if split == "train" else HELD_OUT_REAL_SHARE
         if real and rng.random() < share:
             text = real.pop()
             sentence = Sentence(text, text, tuple(text.split()))

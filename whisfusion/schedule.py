@@ -215,7 +215,8 @@ class MaskSchedule:
         )
         block = torch.zeros_like(high)
         if self.cfg.block_share > 0:  # drawn only then: runs without it keep their masks
-            share = self.cfg.block_share / max(1.0 - self.cfg.high_mask_share, 1e-9)
+            # of the sequences phase B leaves (checked: high_mask_share < 1 here)
+            share = self.cfg.block_share / (1.0 - self.cfg.high_mask_share)
             block = ~high & (torch.rand(b, generator=generator, device=dev) < share)
             content = content_positions(tokens, valid, self.eos_id)
             in_block, read = block_step_masks(t, content, self.cfg.blocks, generator)

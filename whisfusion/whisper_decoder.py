@@ -107,7 +107,7 @@ class WhisperCrossCache:
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     key_valid: torch.Tensor
-    # self-attention keys/values kept between denoising steps (`reuse_keys`); None: none kept
+    # self-attention keys/values kept between denoising steps (`ReusedKeys`); None: none kept
     reuse: ReusedKeys | None = None
 
     @property
@@ -152,7 +152,7 @@ class Block(nn.Module):
         self-attention keys and values it read.
 
         With `past` = (index, keys, values) x holds only the rows at the positions `index`
-        ((N*K, L) long) of a longer sequence whose self-attention keys and values (N*K, H, L',
+        ((N*K, Q) long) of a longer sequence whose self-attention keys and values (N*K, H, L',
         Dh) an earlier call left: this call's rows are written into them and every row attends
         over all L' positions."""
         h = self.attn_ln(x)
