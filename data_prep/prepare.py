@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep.adapters import ADAPTERS, CorpusError, asterisk_transcripts, default_splits
-from data_prep.demo_corpus import DemoConfig, build_demo_corpus, corpus_report
+from data_prep.demo_corpus import LONG_SPLIT, DemoConfig, build_demo_corpus, corpus_report
 from data_prep.settings import PrepSettings, Source
 from data_prep.stages import STAGES, PrepError
 from whisfusion.config import CanvasConfig, load_config
@@ -189,6 +189,7 @@ def prepare_demo(
     model_type: str | None = None,
     vocabulary: int | None = None,
     real_share: float | None = None,
+    train_passages: int | None = None,
     canvas: CanvasConfig | None = None,
     max_duration: float | None = None,
     human_root: Path | None = Path("/"),
@@ -196,9 +197,10 @@ def prepare_demo(
     """Build the synthesized demo corpus under `<data_dir>/corpus` and run every stage on it.
 
     Done stages (and an up-to-date corpus) are skipped, so this is cheap to call before every
-    training run. Returns `data_dir` (shards of the splits train, valid and test, index.json,
+    training run. Returns `data_dir` (shards of the splits train, valid, test and long, index.json,
     tokenizer.model, stats.json, language_tokens.json, reports/corpus.json).
-    `test_per_lang`, `vocabulary`, `real_share`: DemoConfig's (None: its default).
+    `test_per_lang`, `vocabulary`, `real_share`, `train_passages` (DemoConfig's
+    `train_passages_per_lang`): DemoConfig's (None: its default).
     `model_type`: SentencePiece model type (None: PrepSettings' default).
     `human_root`: where the asterisk-core-sounds packages are installed (`/`): their Italian
     and Russian prompts become the evaluation-only split `human` (a language whose package is
@@ -217,8 +219,10 @@ def prepare_demo(
         demo.test_per_lang = test_per_lang
     if vocabulary is not None:
         demo.vocabulary = vocabulary
+    if train_passages is not None:
+        demo.train_passages_per_lang = train_passages
     corpus = build_demo_corpus(data_dir / "corpus", demo)
-    sources = [Source("jsonl", corpus, ["train"], ["valid"], test=["test"])]
+    sources = [Source("jsonl", corpus, ["train"], ["valid"], test=["test"], long=[LONG_SPLIT])]
     human = human_languages(human_root, languages) if human_root is not None else []
     if human:
         sources.append(Source("asterisk", human_root, [], [], human=human))
@@ -341,6 +345,12 @@ def _parser() -> argparse.ArgumentParser:
         default=demo.real_share,
         help="demo only: share of training sentences from fortune files, where a language has them",
     )
+    p.add_argument(
+        "--train-passages",
+        type=int,
+        default=demo.train_passages_per_lang,
+        help="demo only: training passages (2-4 utterances joined) per language",
+    )
     return p
 
 
@@ -402,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
                 model_type=s.model_type,
                 vocabulary=args.demo_vocabulary,
                 real_share=args.real_share,
+                train_passages=args.train_passages,
                 canvas=s.canvas,
                 max_duration=s.max_duration,
             )

@@ -21,11 +21,13 @@ class Source:
     # Splits read as evaluation-only data: a held-out test set, human speech.
     test: list[str] = field(default_factory=list)
     human: list[str] = field(default_factory=list)
+    # Splits read as the evaluation-only split of long clips (passages of several sentences).
+    long: list[str] = field(default_factory=list)
 
     def describe(self) -> dict:
         out = {"kind": self.kind, "root": str(self.root), "train": self.train, "valid": self.valid}
         # only when used, so that data directories prepared without them keep their stage hashes
-        out.update({k: getattr(self, k) for k in ("test", "human") if getattr(self, k)})
+        out.update({k: getattr(self, k) for k in ("test", "human", "long") if getattr(self, k)})
         return out
 
 

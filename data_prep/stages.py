@@ -2,7 +2,7 @@
 returns a report (read / kept / dropped and why) that the driver saves and summarizes.
 
     <out>/manifests/<split>_raw.jsonl            manifest: every corpus in the common format
-                                                (splits: train, valid, test, human)
+                                                (splits: train, valid, test, human, long)
     <out>/tokenizer.model, <out>/stats.json     tokenizer: SentencePiece model, tokens/s, r_max,
     <out>/language_tokens.json                  and how often each language uses each token
     <out>/manifests/<split>/<lang>.jsonl        filter: utterances whose text fits the canvas

@@ -193,10 +193,13 @@ def read_rows(root, split):
 def test_tiny_corpus_is_audible_16k_and_splits_are_disjoint(tmp_path):
     cfg = DemoConfig(languages=["zh", "ja"], train_per_lang=3, valid_per_lang=2, seed=5, jobs=1)
     cfg.test_per_lang = 2
+    cfg.train_passages_per_lang = 1
     root = build_demo_corpus(tmp_path / "demo", cfg)
-    rows = {split: read_rows(root, split) for split in ("train", "valid", "test")}
-    assert [len(r) for r in rows.values()] == [6, 4, 4]
-    texts = [{r["text"] for r in split_rows} for split_rows in rows.values()]
+    rows = {split: read_rows(root, split) for split in ("train", "valid", "test", "long")}
+    passages = {split: [r for r in rows[split] if "-passage-" in r["id"]] for split in rows}
+    assert [len(r) for r in rows.values()] == [8, 4, 4, 2]  # train: 3 + 1 passage per language
+    assert [len(p) for p in passages.values()] == [2, 0, 0, 2]
+    texts = [{r["text"] for r in rows[split]} for split in ("train", "valid", "test")]
     assert not texts[0] & texts[1] and not texts[0] & texts[2]
     for row in [r for split_rows in rows.values() for r in split_rows]:
         wave, rate = sf.read(root / row["audio"], dtype="float32")
@@ -205,10 +208,16 @@ def test_tiny_corpus_is_audible_16k_and_splits_are_disjoint(tmp_path):
         assert float(np.sqrt(np.mean(wave**2))) > 0.01  # speech, not silence
         chars = len(row["text"]) - 1  # without the final mark
         assert 0.05 < row["duration"] / chars < 0.6, row  # a plausible speaking rate
-        engine, voice = row["speaker"].split(":")
-        assert engine == "espeak"
+        for speaker in row["speaker"].split(" + "):
+            engine, voice = speaker.split(":")
+            assert engine == "espeak"
+    valid_texts = {r["text"] for r in rows["valid"]}
+    for row in passages["long"]:  # valid's utterances, joined without a space in zh / ja
+        assert any(row["text"].startswith(t) for t in valid_texts)
+        assert " " not in row["text"]
     report = json.loads((root / "report.json").read_text())
     assert report["test"]["zh"]["utterances"] == 2
+    assert report["long"]["ja"]["utterances"] == 1 and report["long"]["ja"]["voices_in_train"] == 0
 
     stamp = (root / ".done.json").stat().st_mtime_ns
     build_demo_corpus(tmp_path / "demo", cfg)
@@ -303,10 +312,20 @@ def shard_ids(out: Path, split: str) -> set[str]:
 def test_prepare_demo_runs_every_stage_once_and_keeps_human_speech_out_of_training(tmp_path):
     human = fake_asterisk(tmp_path / "root", "it")
     out = prepare_demo(
-        tmp_path / "data", ["en", "it"], 4, 2, 320, 0, test_per_lang=3, jobs=1, human_root=human
+        tmp_path / "data",
+        ["en", "it"],
+        4,
+        2,
+        320,
+        0,
+        test_per_lang=3,
+        jobs=1,
+        human_root=human,
+        train_passages=1,
     )
     index = json.loads((out / "index.json").read_text())
-    assert index["splits"]["train"]["languages"]["it"]["samples"] == 4
+    assert index["splits"]["train"]["languages"]["it"]["samples"] == 4 + 1  # and a passage
+    assert index["splits"]["long"]["languages"]["en"]["samples"] == 1  # valid's 2 joined
     assert index["splits"]["valid"]["languages"]["en"]["samples"] == 2
     assert index["splits"]["test"]["languages"]["en"]["samples"] == 3
     assert index["splits"]["human"]["languages"] == {
@@ -320,10 +339,12 @@ def test_prepare_demo_runs_every_stage_once_and_keeps_human_speech_out_of_traini
     for name in ("tokenizer.model", "stats.json", "language_tokens.json"):
         assert (out / name).is_file()
     report = json.loads((out / "reports" / "corpus.json").read_text())
-    assert set(report) == {"train", "valid", "test", "human"}
+    assert set(report) == {"train", "valid", "test", "human", "long"}
     assert report["human"]["it"]["utterances"] == 3 and "oov_rate" in report["human"]["it"]
     done = {p.name: p.stat().st_mtime_ns for p in (out / ".done").iterdir()}
-    prepare_demo(out, ["en", "it"], 4, 2, 320, 0, test_per_lang=3, jobs=1, human_root=human)
+    prepare_demo(
+        out, ["en", "it"], 4, 2, 320, 0, test_per_lang=3, jobs=1, human_root=human, train_passages=1
+    )
     assert done == {p.name: p.stat().st_mtime_ns for p in (out / ".done").iterdir()}
 
 

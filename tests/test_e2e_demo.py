@@ -35,6 +35,7 @@ def test_demo_training_beats_untrained_model(tmp_path):
         seed=0,
         jobs=2,
         vocabulary=1000,
+        train_passages=10,
     )
     cfg = load_config(
         "configs/demo_hybrid.yaml",

@@ -1,8 +1,15 @@
 import random
 
 import pytest
+import torch
 
-from whisfusion.longform import longest_common_run, merge_chunk_texts, plan_chunks
+from whisfusion.longform import (
+    join_segment_texts,
+    longest_common_run,
+    merge_chunk_texts,
+    plan_chunks,
+    plan_segments,
+)
 
 SR = 16000
 
@@ -87,3 +94,44 @@ def test_longest_common_run_prefers_the_seam():
     # "a" occurs twice in the tail: the copy nearest the seam wins
     assert longest_common_run("a q a".split(), "a r".split()) == (2, 0, 1)
     assert longest_common_run(["a"], ["b"])[2] == 0
+
+
+def bursts(seconds: list[float], pause_s: float = 0.4, seed: int = 0):
+    """Noise bursts (speech) separated by silent pauses; the pauses' (start, end) samples."""
+    gen = torch.Generator().manual_seed(seed)
+    parts, pauses, at = [], [], 0
+    for k, s in enumerate(seconds):
+        parts.append(0.3 * torch.randn(round(s * SR), generator=gen))
+        at += parts[-1].numel()
+        if k < len(seconds) - 1:
+            parts.append(torch.zeros(round(pause_s * SR)))
+            pauses.append((at, at + parts[-1].numel()))
+            at += parts[-1].numel()
+    return torch.cat(parts), pauses
+
+
+def test_segments_are_cut_in_the_pauses_and_cover_the_audio():
+    audio, pauses = bursts([4.0, 5.0, 3.0, 6.0, 4.5, 2.0])
+    spans = plan_segments(audio, 10.0)
+    assert spans[0][0] == 0 and spans[-1][1] == audio.numel()
+    assert all(e0 == s1 for (_, e0), (s1, _) in zip(spans, spans[1:], strict=False))
+    assert len(spans) >= 3 and all(0 < e - s <= 10 * SR for s, e in spans)
+    for _, cut in spans[:-1]:  # every cut falls in a pause, none in a burst
+        assert any(lo <= cut < hi for lo, hi in pauses), cut
+    assert plan_segments(audio[: 10 * SR], 10.0) == [(0, 10 * SR)]
+    # without pauses the cut still keeps every segment within the limit
+    noise = 0.3 * torch.randn(25 * SR, generator=torch.Generator().manual_seed(1))
+    spans = plan_segments(noise, 10.0)
+    assert all(5 * SR <= e - s <= 10 * SR for s, e in spans[:-1]) and spans[-1][1] == 25 * SR
+    for bad in (0.0, 31.0):
+        with pytest.raises(ValueError, match="segment_s"):
+            plan_segments(audio, bad)
+
+
+def test_segment_texts_join_with_a_space_except_in_zh_and_ja():
+    assert join_segment_texts(["Hello there.", " ", "How are you? "], "en") == (
+        "Hello there. How are you?"
+    )
+    assert join_segment_texts(["안녕하세요.", "반갑습니다."], "ko") == "안녕하세요. 반갑습니다."
+    assert join_segment_texts(["你好。", "再见。"], "zh") == "你好。再见。"
+    assert join_segment_texts(["こんにちは", "。"], "ja") == "こんにちは。"

@@ -142,6 +142,28 @@ def test_chunk_transcripts_are_merged_with_every_word_once(model, monkeypatch):
     assert results[1].text == "".join(chars)
 
 
+def test_segments_cut_at_pauses_are_decoded_apart_and_joined_in_order(model, monkeypatch):
+    """`segment_s`: no overlapping windows; each segment's transcript once, in order."""
+    gen = torch.Generator().manual_seed(4)
+    speech = [0.3 * torch.randn(s * SR, generator=gen) for s in (6, 7, 5, 6)]
+    pause = torch.zeros(SR // 2)
+    audio = torch.cat([x for s in speech for x in (s, pause)][:-1])  # 25.5 s, 3 pauses
+    calls = []
+
+    def fake(self, features, valid, durations, languages=None, **kwargs):
+        calls.append(list(durations))
+        return [Transcript(f"part{k}.", lang, []) for k, lang in enumerate(languages)]
+
+    monkeypatch.setattr(Whisfusion, "decode_features", fake)
+    (result,) = model.transcribe(audio, language="en", segment_s=10.0)
+    (durations,) = calls
+    assert len(durations) == result.chunks >= 3 and max(durations) <= 10.0
+    assert sum(durations) == pytest.approx(audio.numel() / SR)
+    assert result.text == " ".join(f"part{k}." for k in range(result.chunks))
+    with pytest.raises(ValueError, match="segment_s"):
+        model.transcribe(audio, language="en", segment_s=40.0)
+
+
 def test_results_do_not_depend_on_the_batch_size(model):
     inputs = [noise(s, i) for i, s in enumerate([0.8, 3.1, 41.0, 1.9, 6.4, 0.5])]
     one = model.transcribe(inputs, batch_size=1)

@@ -1,4 +1,5 @@
-"""Audio longer than one encoder window: overlapping chunks, and their transcripts merged.
+"""Audio longer than one encoder window: overlapping chunks, and their transcripts merged;
+or, for a model trained on short clips, segments cut at pauses.
 
 The audio is cut into windows of `window_s` seconds that overlap by `overlap_s`; each is
 transcribed on its own. Two neighbouring transcripts both contain the words spoken in the
@@ -7,6 +8,11 @@ next and joins them in the middle of that run: the earlier chunk's words before 
 chunk's words after it. Words at a chunk's cut edge (often clipped, so garbled) fall on the
 discarded side of the join. Text alone cannot place speech that repeats itself verbatim for
 longer than the overlap: the merge may then join at the wrong repeat.
+
+Segments (`plan_segments`, `decode.segment_s`): audio longer than `segment_s` is cut, without
+overlap, at the quietest moment of the later part of each `segment_s` window (a pause between
+words or sentences), and the segments' transcripts are joined in order. A model trained on
+single sentences then reads each one on the canvas length it was trained on.
 """
 
 from __future__ import annotations
@@ -14,8 +20,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
+import torch.nn.functional as F
+
 from whisfusion.audio import CHUNK_LENGTH, SAMPLE_RATE
-from whisfusion.scoring.normalizers import join_units, split_units
+from whisfusion.scoring.normalizers import UNSPACED_LANGUAGES, join_units, split_units
 
 # Seconds shared by neighbouring chunks: enough to hold a few words on both sides of a cut.
 OVERLAP_S = 5.0
@@ -27,6 +36,13 @@ _SEARCH_SLACK = 8
 # tail and head of a silent overlap would otherwise delete the words around it. The price: an
 # overlap holding a single word keeps it twice.
 _MIN_RUN = {"word": 2, "char": 3}
+# A segment's cut is sought in the last half of its window, so that a pause near a segment's
+# start does not leave a sliver of a segment.
+_MIN_SEGMENT_SHARE = 0.5
+# The loudness curve a cut is placed on: RMS over 20 ms frames, averaged over 5 of them (the
+# 100 ms of a short pause), so one quiet frame inside a word does not pass for a pause.
+_FRAME_S = 0.02
+_SMOOTH_FRAMES = 5
 
 
 def plan_chunks(
@@ -50,6 +66,36 @@ def plan_chunks(
         start = chunks[-1][0] + window - overlap
         chunks.append((start, min(start + window, num_samples)))
     return chunks
+
+
+def plan_segments(
+    audio: torch.Tensor, segment_s: float, sr: int = SAMPLE_RATE
+) -> list[tuple[int, int]]:
+    """(start, end) sample ranges of at most `segment_s` seconds covering `audio` (N,), each
+    cut at the quietest 100 ms in the last half of its window; one range if it fits."""
+    if not 0 < segment_s <= CHUNK_LENGTH:
+        raise ValueError(f"segment_s must lie in (0, {CHUNK_LENGTH}], got {segment_s}")
+    n, window, frame = audio.numel(), round(segment_s * sr), round(_FRAME_S * sr)
+    if n <= window:
+        return [(0, n)]
+    frames = audio[: n - n % frame].float().reshape(-1, frame)
+    rms = frames.square().mean(dim=1).sqrt()
+    loudness = F.avg_pool1d(rms[None, None], _SMOOTH_FRAMES, 1, _SMOOTH_FRAMES // 2, False)[0, 0]
+    spans, start = [], 0
+    while n - start > window:
+        lo = (start + round(_MIN_SEGMENT_SHARE * window)) // frame
+        hi = (start + window) // frame  # frames wholly inside the window
+        cut = (lo + int(loudness[lo:hi].argmin())) * frame + frame // 2
+        spans.append((start, cut))
+        start = cut
+    return spans + [(start, n)]
+
+
+def join_segment_texts(texts: Sequence[str], language: str | None) -> str:
+    """The transcripts of consecutive segments, in order: with a space between them, without
+    one in languages written without spaces (zh, ja)."""
+    sep = "" if language in UNSPACED_LANGUAGES else " "
+    return sep.join(t.strip() for t in texts if t.strip())
 
 
 def longest_common_run(a: Sequence[str], b: Sequence[str]) -> tuple[int, int, int]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from whisfusion.audio import CHUNK_LENGTH
 from whisfusion.config.decode import DECODE_DTYPES, DECODE_METHODS, DecodeConfig
 from whisfusion.pdd.sampler import REMASKING, check_order
 from whisfusion.pdd.select import METHODS
@@ -41,6 +42,7 @@ class DecodeOptions:
     compile: bool
     canvas_buckets: tuple[int, ...]
     max_padding: float
+    segment_s: float
 
     @classmethod
     def from_config(cls, cfg: DecodeConfig, **overrides) -> DecodeOptions:
@@ -83,6 +85,10 @@ class DecodeOptions:
         check_order(
             self.steps, self.remasking, self.blocks, self.eos_threshold, self.commit_threshold
         )
+        if not 0.0 <= self.segment_s <= CHUNK_LENGTH:
+            raise ValueError(
+                f"decode.segment_s must lie in [0, {CHUNK_LENGTH}] (0 = off), got {self.segment_s}"
+            )
         if self.int8 and self.compile:
             raise ValueError("decode.int8 and decode.compile do not combine: choose one")
         if self.kv_refresh > 1 and self.compile:

@@ -12,6 +12,8 @@ frozen encoder -> PDD -> detokenize and select.
   chunks of one input are rows of the same batch, decoded in parallel in one decoder call
   (consecutive batches only when there are more chunks than rows), and their transcripts are
   merged (`merge_chunk_texts`), character by character for Chinese, Japanese and Korean.
+  With `decode.segment_s`, audio longer than that is cut at its pauses into segments instead
+  (`plan_segments`), decoded the same way and joined in order.
 - An input that cannot be read is logged, returned as an entry with `error` set, and skipped;
   the others are still transcribed.
 - One generator seeded with `decode.seed` drives all sampling noise: the same inputs, seed and
@@ -38,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from whisfusion.audio import SAMPLE_RATE, load_audio
-from whisfusion.longform import merge_chunk_texts, plan_chunks
+from whisfusion.longform import join_segment_texts, merge_chunk_texts, plan_chunks, plan_segments
 from whisfusion.options import DecodeOptions
 from whisfusion.pdd import Transcript
 from whisfusion.precision import decoding_precision, resolve_dtype
@@ -241,11 +243,18 @@ def _decode_batch(
         )
 
 
-def _combine(source: AudioSource, duration: float, parts: list[Transcript]) -> FileTranscript:
-    """One input's result from the transcripts of its chunks, in order."""
+def _combine(
+    source: AudioSource, duration: float, parts: list[Transcript], segmented: bool
+) -> FileTranscript:
+    """One input's result from the transcripts of its chunks (overlapping windows, merged)
+    or segments (cut at pauses, joined), in order."""
     predicted = [p.language for p in parts if p.language is not None]
     language = source.language or (Counter(predicted).most_common(1)[0][0] if predicted else None)
-    text = merge_chunk_texts([p.text for p in parts], unit_for(language))
+    texts = [p.text for p in parts]
+    if segmented:
+        text = join_segment_texts(texts, language)
+    else:
+        text = merge_chunk_texts(texts, unit_for(language))
     trajectory = None if parts[0].trajectory is None else [p.trajectory for p in parts]
     return FileTranscript(source.name, text, language, duration, len(parts), None, trajectory)
 
@@ -288,7 +297,10 @@ def transcribe_sources(
                 results[i] = FileTranscript(source.name, "", source.language, error=str(err))
                 bar.update()
                 continue
-            spans = plan_chunks(audio.numel())
+            if options.segment_s:
+                spans = plan_segments(audio, options.segment_s)
+            else:
+                spans = plan_chunks(audio.numel())
             pending[i] = (audio.numel() / SAMPLE_RATE, len(spans), [])
             yield [_Chunk(i, audio[start:end], source.language) for start, end in spans]
 
@@ -300,7 +312,9 @@ def transcribe_sources(
                 parts.append(transcript)
                 if len(parts) == count:
                     del pending[chunk.source]
-                    results[chunk.source] = _combine(sources[chunk.source], duration, parts)
+                    results[chunk.source] = _combine(
+                        sources[chunk.source], duration, parts, segmented=bool(options.segment_s)
+                    )
                     bar.update()
     return results
 

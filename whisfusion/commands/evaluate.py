@@ -114,7 +114,7 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--split",
         default="valid",
-        help="split of an index directory: valid (default), test, human, train",
+        help="split of an index directory: valid (default), test, human, long, train",
     )
 
 

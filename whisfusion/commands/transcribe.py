@@ -100,6 +100,12 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
         help="decode a batch in groups whose canvases are padded by at most this share "
         "(0: equal lengths only, best on a CPU; 1: the whole batch at once)",
     )
+    p.add_argument(
+        "--segment-s",
+        type=float,
+        help="cut audio longer than this many seconds at its pauses into segments decoded "
+        "apart (0: off, 30 s windows)",
+    )
     p.add_argument("--seed", type=int, help="seed of the sampling noise")
     p.add_argument(
         "--dtype",
@@ -201,6 +207,7 @@ def decode_settings(model, args: argparse.Namespace, command: str):
             dtype=args.dtype,
             int8=args.int8,
             max_padding=args.max_padding,
+            segment_s=args.segment_s,
             align_weight=args.align_weight,
             language_vocab_min_count=args.language_vocab_min_count,
             blank_penalty=args.blank_penalty,

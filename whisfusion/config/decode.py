@@ -80,6 +80,11 @@ class DecodeConfig:
     # beside a 30 s one otherwise runs every step at the 30 s canvas. 1 = the whole batch in
     # one PDD call, for a GPU, whose throughput comes from wide calls; the CPU demo sets 0.
     max_padding: float = 1.0
+    # `transcribe` / `evaluate`: audio longer than this many seconds is cut at its pauses
+    # into segments of at most this length, decoded apart and their transcripts joined
+    # (whisfusion.longform.plan_segments); for a model trained on clips this short. 0 = off:
+    # one 30 s window, longer audio in overlapping windows whose transcripts are merged.
+    segment_s: float = 0.0
 
 
 @dataclass

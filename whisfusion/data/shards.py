@@ -8,8 +8,8 @@ A shard is a tar holding one language; each sample is two members:
      "splits": {"train": {"shards": [{"path": "shards/train/en-000000.tar", "samples": 812,
                                        "hours": 1.02, "languages": ["en"]}, ...],
                           "languages": {"en": {"shards": 3, "samples": 2400, "hours": 3.1}}},
-                "valid": {...}, "test": {...}, "human": {...}}}
-(`test` and `human` are evaluation-only splits and may be empty.)
+                "valid": {...}, "test": {...}, "human": {...}, "long": {...}}}
+(`test`, `human` and `long` are evaluation-only splits and may be empty.)
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ from whisfusion.data.manifest import Utterance
 INDEX_VERSION = 1
 # Splits a data directory may hold: training, validation (the development set that training
 # validates on and choices are made on), and evaluation-only sets never trained or chosen on.
-SPLITS = ("train", "valid", "test", "human")
-EVAL_ONLY_SPLITS = ("test", "human")
+SPLITS = ("train", "valid", "test", "human", "long")
+EVAL_ONLY_SPLITS = ("test", "human", "long")
 # Members of a sample in a shard.
 AUDIO_KEY = "flac"
 META_KEY = "json"

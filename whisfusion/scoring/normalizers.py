@@ -14,6 +14,8 @@ from whisper_normalizer.english import EnglishTextNormalizer
 
 # Languages scored by character error rate and aligned character by character.
 CHAR_LANGUAGES = ("zh", "ja", "ko")
+# Languages written without spaces between words.
+UNSPACED_LANGUAGES = ("zh", "ja")
 
 UNITS = ("word", "char")
 
