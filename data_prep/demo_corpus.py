@@ -11,8 +11,8 @@ Three splits per language:
     test    `test_per_lang` sentences likewise, with the test-only words and fortunes
     long    valid's utterances joined into passages of 2-4 (`data_prep.demo_passages`): the
             development set for clips longer than one sentence
-Training also holds `train_passages_per_lang` passages of its own utterances, so that a model
-meets clips of up to 28 s.
+Training may also hold passages of its own utterances (`train_passages_per_lang`, up to 28 s;
+off by default).
 The held-out splits are drawn from their own seeded generators, so they stay the same whatever
 the size of the training set or its share of fortunes, and a larger training set extends a
 smaller one.
@@ -42,7 +42,7 @@ from data_prep.demo_voices import BATCH, ESPEAK_VOICES, draw_voice, engine_versi
 from data_prep.parallel import parallel_map
 from whisfusion.config import TokenizerConfig
 from whisfusion.data.shards import write_json_atomic
-from whisfusion.scoring.normalizers import normalize, split_units
+from whisfusion.scoring.normalizers import UNSPACED_LANGUAGES, normalize, split_units
 
 log = logging.getLogger("data_prep.demo")
 
@@ -203,10 +203,12 @@ def plan_corpus_passages(rows: dict[str, list[dict]], cfg: DemoConfig) -> dict[s
     out: dict[str, list[Passage]] = {"train": [], LONG_SPLIT: []}
     sizes = cfg.passage_sentences
     for lang in cfg.languages:
-        train = [r for r in rows["train"] if r["lang"] == lang]
-        drawn = plan_passages(train, sizes, PASSAGE_MAX_S, f"{cfg.seed}:{lang}:train:p", "train")
-        random.Random(f"{cfg.seed}:{lang}:train:passages").shuffle(drawn)
-        out["train"] += drawn[: cfg.train_passages_per_lang]
+        if cfg.train_passages_per_lang:
+            train = [r for r in rows["train"] if r["lang"] == lang]
+            seed = f"{cfg.seed}:{lang}:train:p"
+            drawn = plan_passages(train, sizes, PASSAGE_MAX_S, seed, "train")
+            random.Random(f"{cfg.seed}:{lang}:train:passages").shuffle(drawn)
+            out["train"] += drawn[: cfg.train_passages_per_lang]
         valid = [r for r in rows["valid"] if r["lang"] == lang]
         seed = f"{cfg.seed}:{lang}:{LONG_SPLIT}"
         out[LONG_SPLIT] += plan_passages(valid, sizes, PASSAGE_MAX_S, seed, LONG_SPLIT)
@@ -215,7 +217,7 @@ def plan_corpus_passages(rows: dict[str, list[dict]], cfg: DemoConfig) -> dict[s
 
 def _units(text: str, lang: str) -> list[str]:
     """Scoring units of a transcript: characters for zh / ja (spaces dropped), else words."""
-    unit = "char" if lang in ("zh", "ja") else "word"
+    unit = "char" if lang in UNSPACED_LANGUAGES else "word"
     return [u for u in split_units(normalize(text, lang), unit) if u != " "]
 
 
@@ -244,7 +246,7 @@ def corpus_report(rows: dict[str, list[dict]]) -> dict:
             entry = {
                 "utterances": len(mine),
                 "hours": round(sum(r.get("duration", 0.0) for r in mine) / 3600.0, 4),
-                "unit": "char" if lang in ("zh", "ja") else "word",
+                "unit": "char" if lang in UNSPACED_LANGUAGES else "word",
                 "units": len(units),
                 "distinct_units": len(set(units)),
                 "voices": len(voices),

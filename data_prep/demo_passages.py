@@ -45,7 +45,7 @@ def plan_passages(
     The rows are ordered by voice (in seeded order within a voice) and cut, in that order,
     into runs of a seeded size in [sizes[0], sizes[1]]; a run stops early where one more
     utterance would take it past `max_seconds`, and a run of one utterance is no passage.
-    Ids are `<first row's id stem>-passage-<k>` with `split` in place of the rows' split.
+    Ids are `demo-<lang>-<split>-passage-<k>`, k counting the passages in order.
     """
     lo, hi = sizes
     if not 2 <= lo <= hi:
