@@ -156,19 +156,25 @@ def _timed(run: Pass, device: torch.device) -> tuple[float, dict]:
 
 
 def whisfusion_pass(model: Whisfusion, clips: Sequence[torch.Tensor], batch: int) -> Pass:
-    """One pass of the whole pipeline over every clip, `batch` clips per batch."""
+    """One pass of the whole pipeline over every clip, `batch` clips per transcription call
+    (as `whisfusion transcribe` of `batch` files at a time). A call's decoder rows are bounded
+    by `decode.batch_size` (or `batch`, if larger), so the segments of a clip share its calls
+    as `transcribe` decodes them, at batch 1 as well."""
     sources = [
         AudioSource(f"clip{i}", c.numel() / SAMPLE_RATE, lambda c=c: c, "en")
         for i, c in enumerate(clips)
     ]
-    decode = DecodeOptions.from_config(model.cfg.decode, batch_size=batch)
+    calls = [sources[i : i + batch] for i in range(0, len(sources), batch)]
+    rows = max(batch, model.cfg.decode.batch_size)
+    decode = DecodeOptions.from_config(model.cfg.decode, batch_size=rows)
 
     def run() -> dict:
         times = StageTimes()
         # no_grad, as `whisfusion transcribe` runs: under inference_mode autocast does not
         # cache its weight casts, and every denoising step would cast every weight again
         with torch.no_grad():
-            transcribe_sources(model, sources, decode, times=times)
+            for call in calls:
+                transcribe_sources(model, call, decode, times=times)
         return dict(times.seconds)
 
     return run

@@ -6,17 +6,19 @@ No timing is asserted: only that every measurement is made and the outputs are w
 import dataclasses
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from whisfusion.cli import build_parser
 from whisfusion.commands.bench import load_benchmark
+from whisfusion.config import DecodeConfig
 from whisfusion.encoder.pypi_weights import whisper_base_dir
 
 decoding = load_benchmark()  # puts the checkout root on sys.path for the imports below
 
-from bench import audio  # noqa: E402
+from bench import audio, e2e  # noqa: E402
 from bench.ar import PROMPT, build_whisper, greedy_tokens  # noqa: E402
 from bench.benchmark import run_benchmark  # noqa: E402
 from bench.ct2 import ct2_tokens  # noqa: E402
@@ -299,3 +301,20 @@ def test_e2e_times_every_system_on_the_same_clips(tmp_path):
     text = (tmp_path / "RESULTS.md").read_text()
     assert "<!-- bench:cpu-e2e:start -->" in text and "| 2 | encoder alone |" in text
     assert result["e2e"]["decode"]["steps"] == 4
+
+
+def test_a_whisfusion_pass_transcribes_batch_clips_per_call_with_the_configs_rows(monkeypatch):
+    """Batch 1 is one clip per call, whose segments may still share decoder calls."""
+    calls = []
+
+    def fake(model, sources, options, times=None):
+        calls.append(([s.name for s in sources], options.batch_size))
+
+    monkeypatch.setattr(e2e, "transcribe_sources", fake)
+    model = SimpleNamespace(cfg=SimpleNamespace(decode=DecodeConfig(batch_size=6)))
+    clips = [torch.zeros(1600 * (k + 1)) for k in range(5)]
+    e2e.whisfusion_pass(model, clips, 1)()
+    assert calls == [([f"clip{k}"], 6) for k in range(5)]
+    calls.clear()
+    e2e.whisfusion_pass(model, clips, 8)()
+    assert calls == [([f"clip{k}" for k in range(5)], 8)]
