@@ -165,6 +165,29 @@ def test_training_streams_differ_by_rank_and_resume_but_repeat_by_seed(data):
     assert [b["ids"] for b in train_ids(resumed, steps)] != [b["ids"] for b in a0]
 
 
+def test_augmentation_changes_audio_not_the_samples_drawn(data):
+    steps = 6
+    plain = train_ids(module(data, batch_size=2), steps)
+    phoned = train_ids(module(data, batch_size=2, augment_telephone=0.5), steps)
+    assert [b["ids"] for b in phoned] == [b["ids"] for b in plain]
+    flags = torch.cat([b["augmented"] for b in phoned])
+    assert 0 < int(flags.sum()) < len(flags)
+    assert not torch.cat([b["augmented"] for b in plain]).any()
+    for a, b in zip(plain, phoned, strict=True):
+        assert torch.equal(a["tokens"], b["tokens"])
+        for row, aug in enumerate(b["augmented"].tolist()):
+            assert torch.equal(a["audio"][row], b["audio"][row]) != aug
+    assert sum(b["stats"].get(S.AUGMENTED, 0) for b in phoned) == int(flags.sum())
+    again = train_ids(module(data, batch_size=2, augment_telephone=0.5), steps)
+    assert all(torch.equal(a["audio"], b["audio"]) for a, b in zip(phoned, again, strict=True))
+
+
+def test_validation_is_never_augmented(data):
+    dm = module(data, batch_size=4, augment_telephone=1.0)
+    batches = list(dm.val_dataloader())
+    assert batches and not any(b["augmented"].any() for b in batches)
+
+
 @pytest.fixture(scope="module")
 def three_shards(tmp_path_factory) -> Path:
     """2 languages x 3 training shards of 3 samples."""
@@ -390,10 +413,13 @@ def test_lightning_fit_counts_data_and_checkpoints_the_resume_count(data, tmp_pa
 
 def test_summary_accounts_for_every_sample_read():
     report = S.StatsReport(
-        train={"read": 40, "kept": 32, "nan_audio": 2, "empty_text": 1},
+        train={"read": 40, "kept": 32, "augmented": 12, "nan_audio": 2, "empty_text": 1},
         val={"read": 8, "kept": 8},
     )
     train, val = report.summary().splitlines()
-    assert train.startswith("train: read 40, kept 32, skipped 3 (empty_text 1, nan_audio 2)")
+    assert train.startswith(
+        "train: read 40, kept 32 (12 augmented), skipped 3 (empty_text 1, nan_audio 2)"
+    )
+    assert report.flat()["train/augmented"] == 12
     assert "5 read but still in the shuffle buffer or the duration buckets" in train
     assert val == "val: read 8, kept 8, skipped 0 (none)"

@@ -172,6 +172,33 @@ def test_checkpoint_errors(tokenizer, tmp_path):
         Whisfusion.from_checkpoint(tmp_path / "other.ckpt")
 
 
+def _cached_module(tokenizer, cache_dir, monkeypatch):
+    """A training module with a feature cache in cache_dir, the encoder's unwrapped `encode`
+    and the list its calls record (rows, dtype) in."""
+    module = WhisfusionModule(
+        Whisfusion.from_config(_cfg(**{"data.feature_cache": str(cache_dir)}), tokenizer)
+    )
+    calls = []
+    encode = module.model.encode
+
+    def counted(audio, lengths, dtype):
+        calls.append((len(audio), dtype))
+        return encode(audio, lengths, dtype)
+
+    monkeypatch.setattr(module.model, "encode", counted)
+    return module, encode, calls
+
+
+def test_augmented_rows_are_encoded_each_time_and_never_cached(tokenizer, tmp_path, monkeypatch):
+    module, _, calls = _cached_module(tokenizer, tmp_path / "cache", monkeypatch)
+    batch = dict(_batches(tokenizer, 1)[0], augmented=torch.tensor([True, False]))
+    first, _ = module.features(batch)
+    again, _ = module.features(batch)
+    assert [n for n, _ in calls] == [2, 1]  # the augmented row again, the other from the cache
+    torch.testing.assert_close(first, again, rtol=1e-3, atol=1e-3)  # fp16, encoded alone
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 1
+
+
 def test_training_encodes_in_the_decoding_precision(tokenizer, tmp_path):
     cfg = _cfg(**{"data.feature_cache": str(tmp_path / "cache"), "decode.dtype": "bfloat16"})
     module = WhisfusionModule(Whisfusion.from_config(cfg, tokenizer))
@@ -185,17 +212,7 @@ def test_training_encodes_in_the_decoding_precision(tokenizer, tmp_path):
 
 
 def test_feature_cache_encodes_each_utterance_once(tokenizer, tmp_path, monkeypatch):
-    module = WhisfusionModule(
-        Whisfusion.from_config(_cfg(**{"data.feature_cache": str(tmp_path / "cache")}), tokenizer)
-    )
-    calls = []
-    encode = module.model.encode
-
-    def counted(audio, lengths, dtype):
-        calls.append((len(audio), dtype))
-        return encode(audio, lengths, dtype)
-
-    monkeypatch.setattr(module.model, "encode", counted)
+    module, encode, calls = _cached_module(tokenizer, tmp_path / "cache", monkeypatch)
     batch = _batches(tokenizer, 1)[0]
     first, valid = module.features(batch)
     again, valid_again = module.features(batch)

@@ -82,21 +82,28 @@ class WhisfusionModule(L.LightningModule):
         Exact: an utterance's features do not depend on its batch (see FrozenWhisperEncoder),
         and the decoder ignores frames outside `valid`, so keeping only valid frames loses
         nothing. Entries are keyed by utterance id and a checksum of its audio, so a corpus
-        rebuilt under the same ids never reads stale features.
+        rebuilt under the same ids never reads stale features. Augmented rows (`augmented`)
+        bypass the cache.
         """
         audio, lens = batch["audio"], batch["audio_lens"]
+        augmented = batch.get("augmented", torch.zeros(len(lens), dtype=torch.bool)).tolist()
         keys = [
             f"{utt_id}-{zlib.crc32(audio[i, : lens[i]].cpu().numpy().tobytes()):08x}"
             for i, utt_id in enumerate(batch["ids"])
         ]
-        found = self.feature_cache.get(keys)
+        # augmented audio is drawn anew each time it is read: encoded, never cached
+        cached = [i for i, aug in enumerate(augmented) if not aug]
+        found: list[torch.Tensor | None] = [None] * len(keys)
+        for i, f in zip(cached, self.feature_cache.get([keys[i] for i in cached]), strict=True):
+            found[i] = f
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
             rows = torch.tensor(missing, device=audio.device)
             feats, valid = self.model.encode(audio[rows], lens[rows], self.encoder_dtype)
             # rounded as stored, so a first-seen utterance looks like a cached one
             fresh = [feats[j][valid[j]].to(torch.float16) for j in range(len(missing))]
-            self.feature_cache.put([keys[i] for i in missing], fresh)
+            kept = [j for j, i in enumerate(missing) if not augmented[i]]
+            self.feature_cache.put([keys[missing[j]] for j in kept], [fresh[j] for j in kept])
             for j, i in enumerate(missing):
                 found[i] = fresh[j]
         lengths = torch.tensor([len(f) for f in found])

@@ -29,6 +29,9 @@ class DataConfig:
     bucket_edges: list[float] = field(default_factory=lambda: [4.0, 8.0, 15.0, 30.0])
     # Longest clip accepted (seconds); longer samples are skipped and counted.
     max_duration: float = 30.0
+    # Share of training clips sent through an 8 kHz mu-law telephone line (0 = none): speech
+    # from phones and VoIP has nothing above 4 kHz, which wideband corpora never show.
+    augment_telephone: float = 0.0
     # Directory for cached frozen-encoder outputs (small corpora only); "" = no cache.
     feature_cache: str = ""
     # Seed of the data stream (combined with rank, worker and step).

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from whisfusion.callbacks.preemption import ignore_stop_signals
 from whisfusion.config import CanvasConfig, DataConfig
+from whisfusion.data.augment import Augmenter
 from whisfusion.data.samples import HOST_LENGTHS, ExampleDecoder
 from whisfusion.data.shards import read_index
 from whisfusion.data.stats import DataStats, StatsReport
@@ -108,6 +109,7 @@ class WhisfusionDataModule(L.LightningDataModule):
         self.cfg = data_cfg
         self.root = Path(data_cfg.root)
         self.decoder = ExampleDecoder(tokenizer, canvas_cfg, data_cfg.max_duration)
+        self.augmenter = Augmenter(data_cfg.augment_telephone)
         self.rank = rank
         self.world_size = world_size
         self.batch_size = batch_size or data_cfg.batch_size
@@ -170,6 +172,7 @@ class WhisfusionDataModule(L.LightningDataModule):
             seed=self.cfg.seed,
             rank=self.rank,
             resume_count=self.resume_count,
+            augmenter=self.augmenter,
         )
         return self._loader(stream, persistent=False)
 

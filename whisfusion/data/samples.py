@@ -8,6 +8,7 @@ The batch dict is the contract with the LightningModule:
     ids, langs, texts: list[str] of length B
     durations    (B,) float32 seconds
     dup          (B,) bool, True on validation padding rows (score each id once)
+    augmented    (B,) bool, True on training rows whose audio was augmented (see augment.py)
     stats        {name: count} read / kept / skipped-by-reason since the worker's last batch
     audio_lens_host  list[int], audio_lens kept on the host (added by the data module before
                  the batch goes to the device)
@@ -45,6 +46,8 @@ class Example:
     canvas: torch.Tensor
     # True for a validation padding row that repeats an utterance already scored.
     dup: bool = False
+    # True when training augmentation changed the audio (its features are not the corpus's).
+    augmented: bool = False
 
     @property
     def duration(self) -> float:
@@ -115,5 +118,6 @@ def collate(examples: Sequence[Example], eos_id: int, stats: dict[str, int]) -> 
         "texts": [e.text for e in examples],
         "durations": lens.to(torch.float32) / SAMPLE_RATE,
         "dup": torch.tensor([e.dup for e in examples], dtype=torch.bool),
+        "augmented": torch.tensor([e.augmented for e in examples], dtype=torch.bool),
         "stats": stats,
     }

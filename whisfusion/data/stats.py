@@ -45,9 +45,11 @@ REASONS = (
     SHARD_ERROR,
     MISSING_SAMPLE,
 )
-# Samples read from shards, and samples delivered in batches.
+# Samples read from shards, samples delivered in batches, and training samples augmented.
 READ = "read"
 KEPT = "kept"
+AUGMENTED = "augmented"
+COUNTS = (READ, KEPT, AUGMENTED)
 
 # Every occurrence of a reason up to this count is logged; after it only powers of two, so a
 # corpus with millions of bad samples still says how many without flooding the log.
@@ -114,17 +116,18 @@ class StatsReport:
         out = {}
         for split, counts in (("train", self.train), ("val", self.val)):
             for name, n in sorted(counts.items()):
-                out[f"{split}/{name}" if name in (READ, KEPT) else f"{split}/skipped/{name}"] = n
+                out[f"{split}/{name}" if name in COUNTS else f"{split}/skipped/{name}"] = n
         return out
 
     def summary(self) -> str:
         """One line per split: read, kept, skipped by reason, and any read but never batched."""
         lines = []
         for split, counts in (("train", self.train), ("val", self.val)):
-            skipped = {k: v for k, v in counts.items() if k not in (READ, KEPT)}
+            skipped = {k: v for k, v in counts.items() if k not in COUNTS}
             why = ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) or "none"
+            augmented = f" ({counts[AUGMENTED]} augmented)" if counts.get(AUGMENTED) else ""
             line = (
-                f"{split}: read {counts.get(READ, 0)}, kept {counts.get(KEPT, 0)}, "
+                f"{split}: read {counts.get(READ, 0)}, kept {counts.get(KEPT, 0)}{augmented}, "
                 f"skipped {sum(skipped.values())} ({why})"
             )
             # samples are counted as read when they leave a shard and as kept when their batch

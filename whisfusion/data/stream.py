@@ -4,7 +4,8 @@ Training (`TrainStream`), inside each DataLoader worker of each rank:
     one resampled shard stream per language (any shard of the language, drawn at random with
     replacement, so there are no epochs and the run ends at max_steps)
     -> weighted language mixer -> shuffle buffer (of encoded samples: compressed audio is small)
-    -> decode and check -> duration buckets -> batches.
+    -> decode and check -> augmentation (`augment.py`; off by default) -> duration buckets
+    -> batches.
 Every (rank, worker) stream draws from all shards of each language and keeps every sample it
 reads: no byte is read only to be thrown away, however many streams a job runs. Streams differ
 by their seed, made from (seed, rank, worker, resume count), so a resumed run draws fresh
@@ -31,6 +32,7 @@ import webdataset as wds
 from torch.utils.data import IterableDataset, get_worker_info
 
 from whisfusion.data import stats as S
+from whisfusion.data.augment import Augmenter
 from whisfusion.data.samples import Example, ExampleDecoder, collate
 from whisfusion.data.shards import iter_shard
 from whisfusion.seeding import mixed_seed
@@ -40,6 +42,10 @@ from whisfusion.seeding import mixed_seed
 MIN_FAILED_DRAWS = 16
 # This many bad samples in a row means the data is broken, not noisy.
 MAX_BAD_IN_ROW = 10_000
+
+# Last key of the seed of a stream's augmentation draws, apart from its sample draws, so that
+# switching augmentation on or off leaves the samples drawn unchanged.
+AUGMENT_STREAM = 1 << 32
 
 # A validation sample: (shard path, ordinal of the sample inside the shard).
 Position = tuple[str, int]
@@ -122,6 +128,16 @@ def _decode(raws, decoder: ExampleDecoder, stats: S.DataStats) -> Iterator[Examp
                 ) from None
 
 
+def _augment(
+    examples, augmenter: Augmenter, rng: random.Random, stats: S.DataStats
+) -> Iterator[Example]:
+    for ex in examples:
+        ex = augmenter(ex, rng)
+        if ex.augmented:
+            stats.add(S.AUGMENTED)
+        yield ex
+
+
 def bucket_batches(
     examples, edges: Sequence[float], batch_size: int, max_seconds: float
 ) -> Iterator[list[Example]]:
@@ -161,6 +177,7 @@ class TrainStream(IterableDataset):
         seed: int,
         rank: int,
         resume_count: int,
+        augmenter: Augmenter | None = None,
     ):
         self.shards = {lang: list(p) for lang, p in shards.items() if weights.get(lang, 0) > 0}
         self.weights = weights
@@ -172,10 +189,12 @@ class TrainStream(IterableDataset):
         self.seed = seed
         self.rank = rank
         self.resume_count = resume_count
+        self.augmenter = augmenter
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         worker, _ = _worker()
-        rng = random.Random(mixed_seed(self.seed, self.rank, worker, self.resume_count))
+        keys = (self.seed, self.rank, worker, self.resume_count)
+        rng = random.Random(mixed_seed(*keys))
         stats = S.DataStats()
         streams = {
             lang: _resampled(lang, paths, random.Random(rng.getrandbits(64)), stats)
@@ -183,8 +202,12 @@ class TrainStream(IterableDataset):
         }
         size = self.shuffle_buffer
         raws = wds.filters.shuffle(size, size, rng=rng)(_mix(streams, self.weights, rng))
+        examples = _decode(raws, self.decoder, stats)
+        if self.augmenter is not None and self.augmenter.active:
+            aug_rng = random.Random(mixed_seed(*keys, AUGMENT_STREAM))
+            examples = _augment(examples, self.augmenter, aug_rng, stats)
         batches = bucket_batches(
-            _decode(raws, self.decoder, stats),
+            examples,
             self.bucket_edges,
             self.batch_size,
             self.max_batch_seconds,
