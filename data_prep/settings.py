@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from whisfusion.config import CanvasConfig, DataConfig, TokenizerConfig
+from whisfusion.data.shards import EVAL_ONLY_SPLITS
 
 
 @dataclass
@@ -27,7 +28,7 @@ class Source:
     def describe(self) -> dict:
         out = {"kind": self.kind, "root": str(self.root), "train": self.train, "valid": self.valid}
         # only when used, so that data directories prepared without them keep their stage hashes
-        out.update({k: getattr(self, k) for k in ("test", "human", "long") if getattr(self, k)})
+        out.update({k: getattr(self, k) for k in EVAL_ONLY_SPLITS if getattr(self, k)})
         return out
 
 

@@ -87,14 +87,15 @@ class WhisfusionModule(L.LightningModule):
         """
         audio, lens = batch["audio"], batch["audio_lens"]
         augmented = batch.get("augmented", torch.zeros(len(lens), dtype=torch.bool)).tolist()
-        keys = [
-            f"{utt_id}-{zlib.crc32(audio[i, : lens[i]].cpu().numpy().tobytes()):08x}"
+        # cache keys by row; augmented audio is drawn anew each time it is read: encoded, never
+        # looked up or stored
+        keys = {
+            i: f"{utt_id}-{zlib.crc32(audio[i, : lens[i]].cpu().numpy().tobytes()):08x}"
             for i, utt_id in enumerate(batch["ids"])
-        ]
-        # augmented audio is drawn anew each time it is read: encoded, never cached
-        cached = [i for i, aug in enumerate(augmented) if not aug]
-        found: list[torch.Tensor | None] = [None] * len(keys)
-        for i, f in zip(cached, self.feature_cache.get([keys[i] for i in cached]), strict=True):
+            if not augmented[i]
+        }
+        found: list[torch.Tensor | None] = [None] * len(augmented)
+        for i, f in zip(keys, self.feature_cache.get(list(keys.values())), strict=True):
             found[i] = f
         missing = [i for i, f in enumerate(found) if f is None]
         if missing:
@@ -102,8 +103,8 @@ class WhisfusionModule(L.LightningModule):
             feats, valid = self.model.encode(audio[rows], lens[rows], self.encoder_dtype)
             # rounded as stored, so a first-seen utterance looks like a cached one
             fresh = [feats[j][valid[j]].to(torch.float16) for j in range(len(missing))]
-            kept = [j for j, i in enumerate(missing) if not augmented[i]]
-            self.feature_cache.put([keys[missing[j]] for j in kept], [fresh[j] for j in kept])
+            stored = [j for j, i in enumerate(missing) if i in keys]
+            self.feature_cache.put([keys[missing[j]] for j in stored], [fresh[j] for j in stored])
             for j, i in enumerate(missing):
                 found[i] = fresh[j]
         lengths = torch.tensor([len(f) for f in found])
