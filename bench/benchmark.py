@@ -55,6 +55,7 @@ def _settings(
         "shape_warmup": profile.shape_warmup,
         "repeats": profile.repeats,
         "max_time_s": profile.max_time_s,
+        "pdd_kv_refresh": profile.pdd_kv_refresh,
         "precision": f"{profile.autocast or 'float32'}"
         + (" autocast" if profile.autocast else "")
         + ", SDPA attention",

@@ -57,6 +57,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="diffusion decoders to time: the profile's own (cpu: tiny demo base-sized; cuda: "
         "large) or names of configs/*.yaml",
     )
+    p.add_argument(
+        "--kv-refresh",
+        type=int,
+        dest="pdd_kv_refresh",
+        metavar="R",
+        help="PDD recomputes its self-attention keys every R steps, in between only the "
+        "positions a step reads and the ones just committed (decode.kv_refresh; default 1)",
+    )
     p.add_argument("--repeats", type=int, help="timed runs per measurement (median reported)")
     p.add_argument(
         "--max-time",
@@ -113,6 +121,7 @@ def profile_from_args(args: argparse.Namespace) -> Profile:
         lengths=None if args.lengths is None else tuple(args.lengths),
         repeats=args.repeats,
         max_time_s=args.max_time_s,
+        pdd_kv_refresh=args.pdd_kv_refresh,
         e2e_config=args.e2e_config,
         e2e_checkpoint=args.e2e_checkpoint,
         e2e_overrides=(*profile.e2e_overrides, *args.e2e_override) or None,

@@ -16,6 +16,7 @@ from whisfusion.canvas import canvas_length
 from whisfusion.config import CanvasConfig, DecodeConfig
 from whisfusion.decoder import DiffusionDecoder
 from whisfusion.decoders import diffusion_decoder
+from whisfusion.kv_reuse import ReusedKeys
 from whisfusion.pdd import canvas_for, options_from_config, pdd_decode
 
 # whisfusion tokenizers fix <|eos|> at id 1 (the Tokenizer refuses any other).
@@ -50,12 +51,14 @@ def pdd_tokens(
     *,
     candidates: int,
     generator: torch.Generator,
+    kv_refresh: int = 1,
 ) -> torch.Tensor:
     """K candidate canvases per utterance after T steps (no language given: all-[MASK] start).
 
     Args:
         features: (B, S, E) encoder output; valid: (B, S) bool.
         length: canvas length L.
+        kv_refresh: self-attention keys recomputed every this many steps (`decode.kv_refresh`).
     Returns:
         (B, K, L) token ids.
     """
@@ -64,9 +67,12 @@ def pdd_tokens(
     canvas, canvas_valid = canvas.to(features.device), canvas_valid.to(features.device)
     row_valid = canvas_valid.repeat_interleave(candidates, dim=0)
     decode = dataclasses.replace(DecodeConfig(), steps=steps, candidates=candidates)
+    cache = decoder.cross_cache(features, valid)
+    if kv_refresh > 1:
+        cache.reuse = ReusedKeys(kv_refresh)
     result = pdd_decode(
         lambda tokens, cache, where: decoder(tokens, cache, row_valid, where),
-        decoder.cross_cache(features, valid),
+        cache,
         canvas,
         canvas_valid,
         mask_id=decoder.mask_id,

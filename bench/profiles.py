@@ -162,6 +162,9 @@ class Profile:
     max_time_s: float
     # Use the real Whisper-base weights when installed (and time faster-whisper on them).
     real_weights: bool
+    # PDD's self-attention keys recomputed every this many steps (`decode.kv_refresh`); 1 =
+    # every step, the paper's decoding (the decoder-only timings).
+    pdd_kv_refresh: int = 1
     # End to end (bench.e2e): the whisfusion config whose pipeline is timed ...
     e2e_config: str = "tiny"
     # ... at these batch sizes (1 = one clip after another; the largest holds every clip) ...
@@ -178,10 +181,10 @@ class Profile:
     e2e_checkpoint: str | None = None
 
     def __post_init__(self):
-        if self.warmup < 1 or self.repeats < 1 or self.shape_warmup < 0:
+        if self.warmup < 1 or self.repeats < 1 or self.shape_warmup < 0 or self.pdd_kv_refresh < 1:
             raise ValueError(
-                f"need warmup >= 1, repeats >= 1 and shape_warmup >= 0, got {self.warmup}, "
-                f"{self.repeats}, {self.shape_warmup}"
+                f"need warmup >= 1, repeats >= 1, shape_warmup >= 0 and kv_refresh >= 1, got "
+                f"{self.warmup}, {self.repeats}, {self.shape_warmup}, {self.pdd_kv_refresh}"
             )
 
     def with_overrides(

@@ -53,7 +53,9 @@ def _settings_lines(result: dict) -> list[str]:
         )
         + ". PDD: `pdd_decode` with "
         "`low_confidence` remasking, K candidates per utterance, T steps, canvas L = N + margin "
-        "rounded up to 8 (the canvas rule). Both: token ids out; detokenizing and choosing "
+        "rounded up to 8 (the canvas rule), "
+        + _keys_note(s.get("pdd_kv_refresh", 1))
+        + ". Both: token ids out; detokenizing and choosing "
         "among candidates are not timed.",
         f"Each (decoder, batch) is warmed up ({s['warmup']} run) before its timings"
         + (
@@ -66,6 +68,15 @@ def _settings_lines(result: dict) -> list[str]:
         + threads_note(s["threads"], result["machine"])
         + ", `torch.inference_mode()`.",
     ]
+
+
+def _keys_note(refresh: int) -> str:
+    if refresh <= 1:
+        return "self-attention keys recomputed at every step (the paper's decoding)"
+    return (
+        f"self-attention keys recomputed every {refresh} steps (`decode.kv_refresh`), in "
+        "between only the positions a step reads and those just committed"
+    )
 
 
 def threads_note(threads: int, machine: dict) -> str:

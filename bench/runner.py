@@ -133,7 +133,15 @@ def time_diffusion(
         for (batch, k), all_steps in sorted(groups.items()):
             feats = features.expand(batch, -1, -1).contiguous()
             mask = valid.expand(batch, -1).contiguous()
-            decode = partial(pdd_tokens, decoder, feats, mask, generator=generator, candidates=k)
+            decode = partial(
+                pdd_tokens,
+                decoder,
+                feats,
+                mask,
+                generator=generator,
+                candidates=k,
+                kv_refresh=profile.pdd_kv_refresh,
+            )
             warm_up(profile, device, partial(decode, shortest, min(all_steps)))
             for steps in all_steps:
                 for n in profile.lengths:

@@ -164,6 +164,34 @@ def test_decoders_return_the_tokens_they_were_asked_for_under_autocast():
     assert greedy.shape == (2, 5)
 
 
+def test_kept_keys_reach_the_decoder_only_timings(tmp_path):
+    """`--kv-refresh R`: PDD timed with kept self-attention keys, which runs fewer rows after
+    the first step, and the report says so; the default times the paper's decoding."""
+    assert decoding.profile_from_args(build_parser().parse_args(["bench"])).pdd_kv_refresh == 1
+    args = build_parser().parse_args(["bench", "--kv-refresh", "4"])
+    assert decoding.profile_from_args(args).pdd_kv_refresh == 4
+    torch.manual_seed(0)
+    features, valid = torch.randn(2, 30, 64), torch.ones(2, 30, dtype=torch.bool)
+    decoder = build_diffusion_decoder(pdd_shape("tiny"), 64, torch.device("cpu"))
+    rows, ids = {}, {}
+    for refresh in (1, 4):
+        seen = []
+        hook = decoder.blocks[0].norm_self.register_forward_hook(
+            lambda m, i, o, seen=seen: seen.append(i[0].shape[1])
+        )
+        generator = torch.Generator().manual_seed(0)
+        ids[refresh] = pdd_tokens(
+            decoder, features, valid, 16, 4, candidates=2, generator=generator, kv_refresh=refresh
+        )
+        hook.remove()
+        rows[refresh] = seen
+    assert ids[4].shape == ids[1].shape and int(ids[4].max()) < decoder.mask_id
+    assert len(rows[4]) == len(rows[1]) and sum(rows[4][1:]) < sum(rows[1][1:])
+    profile = tiny_profile(pdd_kv_refresh=4)
+    run_benchmark(profile, threads=1, out_dir=tmp_path, results_path=None, with_reference=False)
+    assert "recomputed every 4 steps" in (tmp_path / "decoding.md").read_text()
+
+
 def test_ctranslate2_decoder_emits_exactly_the_forced_number_of_tokens():
     ctranslate2 = pytest.importorskip("ctranslate2")
     try:

@@ -3,6 +3,8 @@ import torch
 
 from whisfusion.config import DecoderConfig
 from whisfusion.decoder import DiffusionDecoder, apply_rope, rope_tables, stack_frames
+from whisfusion.decoders import diffusion_decoder
+from whisfusion.kv_reuse import ReusedKeys
 
 V, E = 50, 32
 
@@ -122,3 +124,59 @@ def test_where_computes_the_same_logits_at_the_asked_positions_only(dec):
     part = dec(tokens, cache, None, where)
     assert part.shape == (int(where.sum()), full.shape[-1])  # those positions alone
     assert torch.allclose(part, full[where], atol=1e-5)
+
+
+def _reuse_steps(dec, feats, valid, tokens, refresh):
+    """Four denoising calls on one cache with kept keys (`ReusedKeys(refresh)`): a first step,
+    the same canvas again, a canvas with some positions committed, that canvas again. Returns
+    the four logits, the exact logits of the two canvases, the rows the first block's MLP ran
+    per call, and the committed positions."""
+    gen = torch.Generator().manual_seed(5)
+    length = tokens.shape[1]
+    masked = torch.rand(tokens.shape, generator=gen) < 0.6
+    canvas_valid = torch.ones(tokens.shape, dtype=torch.bool)
+    canvas_valid[1, length - 3 :] = False
+    step1 = torch.where(masked, dec.mask_id, tokens)
+    commit = masked & (torch.rand(tokens.shape, generator=gen) < 0.5) & canvas_valid
+    step2 = torch.where(commit, tokens, step1)
+    read1, read2 = masked & canvas_valid, (step2 == dec.mask_id) & canvas_valid
+    cache = dec.cross_cache(feats, valid)
+    cache.reuse = ReusedKeys(refresh)
+    rows = []
+    hook = dec.blocks[0].mlp.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[1]))
+    try:
+        with torch.no_grad():
+            calls = [
+                dec(ids, cache, canvas_valid, read)
+                for ids, read in [(step1, read1), (step1, read1), (step2, read2), (step2, read2)]
+            ]
+            exact = [
+                dec(ids, dec.cross_cache(feats, valid), canvas_valid, read)
+                for ids, read in [(step1, read1), (step2, read2)]
+            ]
+    finally:
+        hook.remove()
+    return calls, exact, rows[:4], commit, read1, read2
+
+
+@pytest.mark.parametrize("align_hidden", [0, 16], ids=["paper", "alignment-prior"])
+def test_reused_keys_run_the_read_and_changed_positions_only(align_hidden):
+    """`decode.kv_refresh` on the paper's decoder (and with the alignment prior's per-position
+    cross-attention biases): the first call is a full pass; a later one runs only the
+    positions it reads and those whose token changed (exact when none changed, stale
+    otherwise); the `refresh`-th call is a full pass again, exact."""
+    torch.manual_seed(0)
+    cfg = DecoderConfig(layers=2, width=64, heads=4, align_hidden=align_hidden)
+    dec = diffusion_decoder(cfg, V, E).eval()
+    feats, valid, tokens = _inputs(n=2, length=12)
+    tokens = tokens.clamp(max=V - 1).repeat_interleave(2, dim=0)  # K = 2 rows per utterance
+    (first, same, stale, full), (exact1, exact2), rows, commit, read1, read2 = _reuse_steps(
+        dec, feats, valid, tokens, refresh=3
+    )
+    assert torch.allclose(first, exact1, atol=1e-5)
+    assert torch.allclose(same, exact1, atol=1e-5)  # nothing changed: the kept keys are exact
+    assert torch.allclose(full, exact2, atol=1e-5)  # the third call is a full pass
+    assert stale.shape == full.shape and not torch.allclose(stale, full, atol=1e-4)
+    assert rows[0] == rows[3] == 12
+    assert rows[1] == int(read1.sum(1).max())  # the read positions, padded to the longest row
+    assert rows[2] == int((commit | read2).sum(1).max()) < 12

@@ -14,12 +14,8 @@ from tests.whisper_fixtures import (
     serialize_ct2,
     tiny_whisper_config,
 )
-from whisfusion.whisper_decoder import (
-    ReusedKeys,
-    WhisperPrompt,
-    annealed_causal_mask,
-    query_positions,
-)
+from whisfusion.kv_reuse import ReusedKeys, query_positions
+from whisfusion.whisper_decoder import WhisperPrompt, annealed_causal_mask
 from whisfusion.whisper_weights import load_whisper_decoder
 
 # tiny_whisper_config's vocabulary of 96: 3 = decoder start, specials above 80

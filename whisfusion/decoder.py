@@ -17,7 +17,9 @@ utterance, and `forward` reuses them for any number of candidate rows. K candida
 utterance are folded into the query length of a single attention call (queries never interact in
 cross-attention, so this is exact), which shares the cached keys without copying them. Frames
 after the audio's end are masked out of cross-attention. With `frame_stack` k > 1 the decoder
-reads each k adjacent encoder frames as one (`stack_frames`).
+reads each k adjacent encoder frames as one (`stack_frames`). Asked for some positions' logits,
+the last block runs at those alone; with `CrossCache.reuse` (`decode.kv_refresh`) a denoising
+step runs only the positions it reads and those just committed (`whisfusion.kv_reuse`).
 
 An optional `DecoderPrior` (the CTC alignment prior, `whisfusion.prior.AlignmentPrior`) may
 read the frames once per utterance and then add to the keys/values, the input, the
@@ -36,6 +38,7 @@ from torch.utils.checkpoint import checkpoint
 
 from whisfusion.config import DecoderConfig
 from whisfusion.denoiser import check_canvas
+from whisfusion.kv_reuse import ReusedKeys, at_rows, cross_mask_rows, step_rows, written_into
 
 
 def stack_frames(
@@ -87,12 +90,14 @@ class CrossCache:
         (encoder frames, stacked by `frame_stack`).
     key_valid: (N, S) bool, True on frames that cover real audio.
     prior: what the decoder's `DecoderPrior` read from these frames, or None without one.
+    reuse: self-attention keys/values kept between denoising steps, or None: none kept.
     """
 
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
     key_valid: torch.Tensor
     prior: Any = None
+    reuse: ReusedKeys | None = None
 
     @property
     def batch(self) -> int:
@@ -136,14 +141,23 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(width, 3 * width, bias=False)
         self.out = nn.Linear(width, width, bias=False)
 
-    def forward(self, x, cos, sin, attn_mask):
-        """x: (B, L, D); attn_mask: (B, 1, 1, L) bool (True = attend) -> (B, L, D)."""
+    def forward(self, x, cos, sin, attn_mask, query=None, past=None):
+        """x: (B, L, D); cos, sin: RoPE tables at x's positions, (L, Dh/2) or (B, 1, L, Dh/2);
+        attn_mask: (B, 1, 1, L') bool (True = attend) -> (out, k, v): out (B, L, D), or with
+        `query` ((B, Q) long rows of x) (B, Q, D); k, v (B, H, L', Dh) the keys and values
+        attended over. With `past` (`StepRows.past_of`) x holds the rows at some positions of
+        a longer sequence, L' long, whose keys and values an earlier call left: x's are
+        written into them."""
         b, length, width = x.shape
         q, k, v = self.qkv(x).view(b, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if past is not None:
+            k, v = written_into(past, k, v)
+        if query is not None:
+            q = q.gather(2, query[:, None, :, None].expand(-1, q.shape[1], -1, q.shape[3]))
         drop = self.dropout if self.training else 0.0
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
-        return self.out(y.transpose(1, 2).reshape(b, length, width))
+        return self.out(y.transpose(1, 2).reshape(b, -1, width)), k, v
 
 
 class CrossAttention(nn.Module):
@@ -198,10 +212,17 @@ class DecoderBlock(nn.Module):
         self.mlp = SwiGLU(cfg.width, hidden)
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x, cos, sin, self_mask, k, v, cross_mask):
-        x = x + self.drop(self.self_attn(self.norm_self(x), cos, sin, self_mask))
+    def forward(self, x, cos, sin, self_mask, k, v, cross_mask, query=None, past=None):
+        """x (N*K, L, D) -> (out, k_self, v_self): out (N*K, L, D), or with `query` ((N*K, Q)
+        long rows of x) the outputs at those rows alone (N*K, Q, D): self-attention reads
+        every position, the rest of the block runs on Q rows. k_self, v_self: the
+        self-attention keys and values read (`SelfAttention`, with `past`)."""
+        y, k_self, v_self = self.self_attn(self.norm_self(x), cos, sin, self_mask, query, past)
+        if query is not None:
+            x, cross_mask = at_rows(x, query), cross_mask_rows(cross_mask, query)
+        x = x + self.drop(y)
         x = x + self.drop(self.cross_attn(self.norm_cross(x), k, v, cross_mask))
-        return x + self.drop(self.mlp(self.norm_mlp(x)))
+        return x + self.drop(self.mlp(self.norm_mlp(x))), k_self, v_self
 
 
 class DiffusionDecoder(nn.Module):
@@ -290,7 +311,8 @@ class DiffusionDecoder(nn.Module):
                 utterance-major (row n*K + k belongs to utterance n).
             cache: cross-attention keys/values of N utterances (`cross_cache`).
             canvas_valid: (N*K, L) bool, False beyond each row's own canvas (padded batches).
-            where: (N*K, L) bool, the positions whose logits are needed, or None for all.
+            where: (N*K, L) bool, the positions whose logits are needed, or None for all; with
+                `cache.reuse` the keys of the other positions may be the last call's.
         Returns:
             float logits: (P, vocab_size) at the P positions of `where` (its row-major order),
             or (N*K, L, vocab_size) at every position when `where` is None.
@@ -307,13 +329,27 @@ class DiffusionDecoder(nn.Module):
         if self.prior is not None:
             cross_masks = self.prior.cross_masks(key_mask, length, rows, cache.prior)
             x = self.prior.embed_input(x, cache.prior)
+        reuse = None if where is None else cache.reuse
+        run = step_rows(tokens, where, reuse)
+        if run.index is not None:  # the rows at some positions, attending over all
+            x = at_rows(x, run.index)
+            cos, sin = cos[run.index][:, None], sin[run.index][:, None]
+            cross_masks = [cross_mask_rows(m, run.index) for m in cross_masks]
+        keys, values = [], []
+        last = len(self.blocks) - 1
         layers = zip(self.blocks, cache.keys, cache.values, cross_masks, strict=True)
-        for blk, k, v, cross_mask in layers:
+        for i, (blk, k, v, cross_mask) in enumerate(layers):
+            inputs = (x, cos, sin, self_mask, k, v, cross_mask, run.query if i == last else None)
             if self.cfg.activation_checkpointing and self.training:
-                x = checkpoint(blk, x, cos, sin, self_mask, k, v, cross_mask, use_reentrant=False)
+                x, k_self, v_self = checkpoint(blk, *inputs, use_reentrant=False)
             else:
-                x = blk(x, cos, sin, self_mask, k, v, cross_mask)
-        logits = self.head(self.norm_out(x if where is None else x[where])).float()
+                x, k_self, v_self = blk(*inputs, run.past_of(i))
+            if reuse is not None:
+                keys.append(k_self)
+                values.append(v_self)
+        if reuse is not None:
+            reuse.step(tokens, keys, values)
+        logits = self.head(self.norm_out(x if run.out is None else x[run.out])).float()
         if self.prior is not None:
             logits = self.prior.fuse_logits(logits, cache.prior, where)
         return logits

@@ -19,6 +19,7 @@ from whisfusion.canvas import canvas_length
 from whisfusion.config import RunConfig
 from whisfusion.decoders import build_decoder
 from whisfusion.encoder import FrozenWhisperEncoder, build_encoder
+from whisfusion.kv_reuse import ReusedKeys
 from whisfusion.language_vocab import LanguageFilter, LanguageVocabulary
 from whisfusion.options import DecodeOptions
 from whisfusion.pdd import Transcript, canvas_for, decode_result, options_from_config, pdd_decode
@@ -29,7 +30,6 @@ from whisfusion.prior import AlignmentPrior, HeadReading
 from whisfusion.quantize import int8_decoder, uses_int8
 from whisfusion.tokenizer import Tokenizer
 from whisfusion.transcribe import transcribe_audio
-from whisfusion.whisper_decoder import ReusedKeys
 
 
 class Whisfusion(nn.Module):
@@ -127,12 +127,6 @@ class Whisfusion(nn.Module):
             )
         if options.language_vocab_min_count:
             self._language_vocab()
-        if options.kv_refresh > 1 and self.cfg.model.decoder.kind != "whisper":
-            raise ValueError(
-                "decode.kv_refresh > 1 reuses the self-attention keys of Whisper's decoder "
-                f"(model.decoder.kind whisper); this model's decoder is "
-                f"'{self.cfg.model.decoder.kind}': set decode.kv_refresh to 1"
-            )
 
     def _alignment_prior(self) -> AlignmentPrior:
         if self.prior is None:

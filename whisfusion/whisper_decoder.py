@@ -29,7 +29,7 @@ so that a step runs only the positions it reads and those just committed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,7 @@ from torch import nn
 
 from whisfusion.denoiser import check_canvas
 from whisfusion.encoder.model import MultiHeadSelfAttention
+from whisfusion.kv_reuse import ReusedKeys, at_rows, step_rows, written_into
 from whisfusion.quantize import Int8Linear
 
 # Whisper's own LayerNorm epsilon (openai-whisper and transformers).
@@ -60,43 +61,6 @@ class WhisperPrompt:
     sot: int
     task: int  # <|transcribe|>
     no_timestamps: int
-
-
-@dataclass
-class ReusedKeys:
-    """The self-attention keys and values one denoising call leaves to the next of the same
-    decoding (`decode.kv_refresh`, as dKV-Cache and Fast-dLLM reuse them): a step then runs
-    only the positions it reads and those whose token changed since the last call (the ones
-    just committed), and the other positions attend with the keys and values of their last
-    computation. Every `refresh`-th call is a full pass."""
-
-    refresh: int
-    calls: int = 0
-    ids: torch.Tensor | None = None  # (R, L') the Whisper sequence of the last call
-    keys: list[torch.Tensor] = field(default_factory=list)  # per block (R, H, L', Dh)
-    values: list[torch.Tensor] = field(default_factory=list)
-
-    def holds(self, ids: torch.Tensor) -> bool:
-        """Whether the next call on ids (R, L) may reuse the kept keys: not a full pass, the
-        same rows, a canvas no wider than the last (the cut after the length step)."""
-        return (
-            self.ids is not None
-            and self.calls % self.refresh != 0
-            and self.ids.shape[0] == ids.shape[0]
-            and self.ids.shape[1] >= ids.shape[1]
-        )
-
-    def cut(self, length: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """The kept keys and values of the first `length` positions (copied once when the
-        canvas was cut, so that a step writes into whole tensors)."""
-        if self.ids.shape[1] > length:
-            self.keys = [k[:, :, :length].contiguous() for k in self.keys]
-            self.values = [v[:, :, :length].contiguous() for v in self.values]
-        return self.keys, self.values
-
-    def step(self, ids: torch.Tensor, keys: list[torch.Tensor], values: list[torch.Tensor]):
-        self.calls += 1
-        self.ids, self.keys, self.values = ids, keys, values
 
 
 @dataclass
@@ -159,9 +123,7 @@ class Block(nn.Module):
         a = self.attn
         k_self, v_self = a.split(a.key(h)), a.split(a.value(h))
         if past is not None:
-            index, keys, values = past
-            at = index[:, None, :, None].expand_as(k_self)
-            k_self, v_self = keys.scatter_(2, at, k_self), values.scatter_(2, at, v_self)
+            k_self, v_self = written_into(past, k_self, v_self)
         if query is not None:
             x, h, self_mask = (at_rows(t, query) for t in (x, h, self_mask))
         x = x + a.attend(a.split(a.query(h)), k_self, v_self, self_mask, causal)
@@ -172,30 +134,6 @@ class Block(nn.Module):
         q = c.split(c.query(self.cross_attn_ln(x)).view(n, -1, width))
         x = x + c.attend(q, k, v, key_mask).view(rows, length, width)
         return x + self.mlp(self.mlp_ln(x)), k_self, v_self
-
-
-def query_positions(where: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """where (R, L) bool -> index (R, Q) long, each row's marked positions in order (Q the
-    most any row has; a row with fewer repeats its last one), and kept (R, Q) bool, False on
-    those repeats: `x.gather(index)[kept]` is `x[where]`."""
-    count = where.sum(1, keepdim=True)
-    first = torch.argsort((~where).to(torch.uint8), dim=1, stable=True)  # marked ones first
-    q = max(int(count.max()), 1)
-    slot = torch.arange(q, device=where.device).expand(where.shape[0], q)
-    return first.gather(1, torch.minimum(slot, (count - 1).clamp(min=0))), slot < count
-
-
-def at_rows(t: torch.Tensor | None, query: torch.Tensor) -> torch.Tensor | None:
-    """The query positions (R, Q) of t (R, L, D), or of a self-attention mask: (L, L) or
-    (R, 1, L, L) gives (R, 1, Q, L); a (R, 1, 1, L) mask or None holds for every query."""
-    if t is None or (t.dim() == 4 and t.shape[2] == 1):
-        return t
-    if t.dim() == 2:  # (L, L): the same for every row
-        return t[query][:, None]
-    if t.dim() == 4:
-        index = query[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3])
-        return t.expand(query.shape[0], -1, -1, -1).gather(2, index)
-    return t.gather(1, query[..., None].expand(-1, -1, t.shape[-1]))
 
 
 def annealed_causal_mask(length: int, share: float, device=None) -> torch.Tensor:
@@ -303,30 +241,25 @@ class WhisperDenoiser(nn.Module):
             opened = annealed_causal_mask(length, self.future_share, ids.device)
             self_mask = opened if self_mask is None else self_mask & opened
         key_mask = cache.key_valid[:, None, None, :]
-        reuse = cache.reuse if read is not None and not causal else None
-        index = past_keys = past_values = query = out = None
-        if reuse is not None and reuse.holds(ids):
-            past_keys, past_values = reuse.cut(length)
-            index, kept = query_positions((ids != reuse.ids[:, :length]) | read)
-            query, out = query_positions(read.gather(1, index) & kept)
-            x = self.embed(ids.gather(1, index), index)
-        else:
-            if read is not None:
-                query, out = query_positions(read)
+        reuse = None if causal or read is None else cache.reuse
+        run = step_rows(ids, read, reuse)
+        if run.index is None:
             x = self.embed(ids)
+        else:
+            x = self.embed(ids.gather(1, run.index), run.index)
         keys, values = [], []
         last = len(self.blocks) - 1
         layers = zip(self.blocks, cache.keys, cache.values, strict=True)
         for i, (blk, k, v) in enumerate(layers):
-            past = None if index is None else (index, past_keys[i], past_values[i])
-            at = query if i == last else None
-            x, k_self, v_self = blk(x, self_mask, k, v, key_mask, causal, at, past)
-            keys.append(k_self)
-            values.append(v_self)
+            at = run.query if i == last else None
+            x, k_self, v_self = blk(x, self_mask, k, v, key_mask, causal, at, run.past_of(i))
+            if reuse is not None:
+                keys.append(k_self)
+                values.append(v_self)
         if reuse is not None:
             reuse.step(ids, keys, values)
         x = self.ln(x)
-        return x if out is None else x[out]
+        return x if run.out is None else x[run.out]
 
     def canvas_hidden(
         self,

@@ -84,8 +84,8 @@ def add_decode_options(p: argparse.ArgumentParser) -> None:
         "--kv-refresh",
         type=int,
         help="recompute every position's self-attention keys every this many steps, in "
-        "between only the positions a step reads and the ones just committed (Whisper-started "
-        "decoders; 1 = every step, exact)",
+        "between only the positions a step reads and the ones just committed (1 = every "
+        "step, exact)",
     )
     p.add_argument(
         "--temperature",

@@ -37,7 +37,7 @@ class DecodeConfig:
     # Self-attention keys and values recomputed at every this many denoising steps (a full
     # pass); in between a step runs only the positions it reads and the ones just committed,
     # the rest attend with their last keys and values (dKV-Cache, Fast-dLLM's approximate
-    # cache; `model.decoder.kind: whisper` only). 1 = every step, the exact decoder.
+    # cache; both decoders). 1 = every step, the exact decoder.
     kv_refresh: int = 1
     # Gumbel temperature of candidate rows 2..K (row 1 stays greedy); 0 = all greedy.
     temperature: float = 1.0
