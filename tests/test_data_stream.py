@@ -182,8 +182,26 @@ def test_augmentation_changes_audio_not_the_samples_drawn(data):
     assert all(torch.equal(a["audio"], b["audio"]) for a, b in zip(phoned, again, strict=True))
 
 
+def test_speed_augmentation_reaches_batches_with_canvases_of_the_new_durations(data):
+    steps = 6
+    plain = train_ids(module(data, batch_size=2), steps)
+    played = train_ids(module(data, batch_size=2, augment_speed=1.0), steps)
+    assert [b["ids"] for b in played] == [b["ids"] for b in plain]
+    cfg, eos = canvas_cfg(data), Tokenizer.from_file(data / "tokenizer.model").eos_id
+    for a, b in zip(plain, played, strict=True):
+        for row, aug in enumerate(b["augmented"].tolist()):
+            seconds = float(b["durations"][row])
+            assert (abs(seconds - float(a["durations"][row])) > 0.05) == aug
+            width = int(b["canvas_valid"][row].sum())
+            assert width == canvas_length(seconds, cfg)
+            text = a["tokens"][row][a["canvas_valid"][row]]
+            n = int((text != eos).sum())
+            assert torch.equal(b["tokens"][row][:n], text[:n])  # the same words
+    assert torch.cat([b["augmented"] for b in played]).any()
+
+
 def test_validation_is_never_augmented(data):
-    dm = module(data, batch_size=4, augment_telephone=1.0)
+    dm = module(data, batch_size=4, augment_telephone=1.0, augment_speed=1.0)
     batches = list(dm.val_dataloader())
     assert batches and not any(b["augmented"].any() for b in batches)
 

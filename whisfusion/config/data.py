@@ -32,6 +32,9 @@ class DataConfig:
     # Share of training clips sent through an 8 kHz mu-law telephone line (0 = none): speech
     # from phones and VoIP has nothing above 4 kHz, which wideband corpora never show.
     augment_telephone: float = 0.0
+    # Share of training clips played 0.9x or 1.1x as fast, tempo and pitch together (0 = none):
+    # new speaking rates and voices from the same recordings.
+    augment_speed: float = 0.0
     # Directory for cached frozen-encoder outputs (small corpora only); "" = no cache.
     feature_cache: str = ""
     # Seed of the data stream (combined with rank, worker and step).

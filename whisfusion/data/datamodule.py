@@ -109,7 +109,13 @@ class WhisfusionDataModule(L.LightningDataModule):
         self.cfg = data_cfg
         self.root = Path(data_cfg.root)
         self.decoder = ExampleDecoder(tokenizer, canvas_cfg, data_cfg.max_duration)
-        self.augmenter = Augmenter(data_cfg.augment_telephone)
+        self.augmenter = Augmenter(
+            data_cfg.augment_telephone,
+            data_cfg.augment_speed,
+            canvas_cfg,
+            tokenizer.eos_id,
+            data_cfg.max_duration,
+        )
         self.rank = rank
         self.world_size = world_size
         self.batch_size = batch_size or data_cfg.batch_size
