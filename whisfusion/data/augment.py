@@ -24,7 +24,7 @@ import torchaudio.functional as AF
 
 from whisfusion.canvas import canvas_length
 from whisfusion.config import CanvasConfig
-from whisfusion.data.audio_io import SAMPLE_RATE
+from whisfusion.data.audio_io import SAMPLE_RATE, to_mono_16k
 from whisfusion.data.samples import Example
 
 # G.711 narrowband telephony: 8 kHz sampling, 8-bit mu-law companding.
@@ -36,9 +36,9 @@ SPEED_FACTORS = (0.9, 1.1)
 
 def speed_change(audio: np.ndarray, factor: float) -> np.ndarray:
     """(S,) float32 audio at 16 kHz -> (about S / factor,) float32 at 16 kHz, played `factor`
-    times as fast, its pitch moved by the same factor (a resampler's playback rate)."""
-    wave = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
-    return AF.resample(wave, round(SAMPLE_RATE * factor), SAMPLE_RATE).numpy()
+    times as fast, its pitch moved by the same factor: the clip read as if it had been sampled
+    at `factor` x 16 kHz, resampled to 16 kHz."""
+    return to_mono_16k(audio[:, None], round(SAMPLE_RATE * factor))
 
 
 def resized_canvas(canvas: torch.Tensor, length: int, eos_id: int) -> torch.Tensor | None:
@@ -98,8 +98,7 @@ class Augmenter:
         return self.telephone > 0 or self.speed > 0
 
     def __call__(self, example: Example, rng: random.Random) -> Example:
-        # no draw for a shut-off augmentation: each one's draws stay those of a run without
-        # the other
+        # a shut-off augmentation draws nothing, so the other one draws as in a run of it alone
         if self.speed and rng.random() < self.speed:
             example = self._played_at(example, rng.choice(SPEED_FACTORS))
         if self.telephone and rng.random() < self.telephone:
